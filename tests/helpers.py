@@ -1,0 +1,87 @@
+"""Test helpers: random keep sets and the surgery contract check."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tf_filterprune.graph import build_graph
+from tf_filterprune.surgery import rebuild, zeroed_copy
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Gives every BatchNormalization layer non-trivial statistics and affine terms."""
+    rng = np.random.default_rng(seed)
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0, 0.2, beta.shape).astype("float32"),
+                    rng.normal(0, 0.2, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 1.5, var.shape).astype("float32"),
+                ]
+            )
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def random_keep(graph, ratio: float = 0.6, seed: int = 0) -> dict[int, np.ndarray]:
+    """A random kept subset of every prunable group."""
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for group in graph.groups():
+        if group.prunable:
+            n = max(1, int(round(group.size * ratio)))
+            keep[group.id] = np.sort(rng.choice(group.size, n, replace=False))
+    return keep
+
+
+def input_batch(model: keras.Model, n: int = 2, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, *t.shape[1:])).astype("float32") for t in model.inputs]
+
+
+def assert_surgery_contract(
+    model: keras.Model, ratio: float = 0.6, seed: int = 0, atol: float = 1e-5
+) -> keras.Model:
+    """Zeroing the removed channels of ``model`` gives the compact model's outputs.
+
+    Returns the compact model. Also checks the input model is unchanged and
+    that every producer's width equals the number of kept channels.
+    """
+    randomize_batchnorm(model, seed)
+    before = [w.copy() for w in model.get_weights()]
+    graph = build_graph(model)
+    keep = random_keep(graph, ratio, seed)
+    assert keep, "the model has no prunable group"
+    compact = rebuild(model, graph, keep)
+    reference = zeroed_copy(model, graph, keep)
+    x = input_batch(model, seed=seed)
+    expected = keras.ops.convert_to_numpy(reference(x if len(x) > 1 else x[0], training=False))
+    got = keras.ops.convert_to_numpy(compact(x if len(x) > 1 else x[0], training=False))
+    assert expected.shape == got.shape
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    for group in graph.groups():
+        for path in group.producers if group.id in keep else []:
+            layer = _get(compact, path)
+            width = getattr(layer, "filters", None) or getattr(layer, "units", None)
+            assert width == len(keep[group.id]), (path, width)
+    assert [layer.name for layer in compact.layers] == [layer.name for layer in model.layers]
+    return compact
+
+
+def _get(model, path):
+    layer = model
+    for part in path.split("/"):
+        layer = layer.get_layer(part)
+    return layer

@@ -1,0 +1,324 @@
+"""The channel dependency graph of a Keras 3 Functional or Sequential model.
+
+:func:`build_graph` walks the model's nodes in topological order, giving every
+tensor a :class:`~tf_filterprune.graph.layout.Layout` through the per-layer
+rules of :mod:`tf_filterprune.graph.registry`, and ties coupled channel spaces
+into groups with a union-find. Nested models (a ``keras.applications``
+backbone inside a Functional model) are walked as part of the outer graph. A
+layer the registry does not know, on a path that carries channels, makes the
+groups it touches unprunable with the reason recorded; it never leads to a
+silently wrong cut.
+
+Example:
+
+>>> import keras
+>>> from tf_filterprune.graph import build_graph
+>>> inp = keras.Input((8, 8, 3))
+>>> a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inp)
+>>> b = keras.layers.Conv2D(4, 3, padding="same", name="b")(inp)
+>>> out = keras.layers.Conv2D(2, 1, name="head")(keras.layers.Add()([a, b]))
+>>> graph = build_graph(keras.Model(inp, out))
+>>> [sorted(g.producers) for g in graph.groups() if g.prunable]
+[['a', 'b']]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_filterprune.graph import registry
+from tf_filterprune.graph.layout import Layout, Segment
+
+
+@dataclass
+class Space:
+    """A set of channels created by one layer call (or a model input)."""
+
+    size: int
+    origin: str | None  # path of the layer that created it
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerCall:
+    """One call of a layer in the graph, with the layouts of its tensors."""
+
+    layer: Any
+    path: str
+    in_layouts: list[Layout]
+    out_layouts: list[Layout]
+    in_shapes: list[tuple]
+    out_shapes: list[tuple]
+
+
+@dataclass
+class ChannelGroup:
+    """Channel spaces that must keep the same channels.
+
+    Attributes:
+        id: the group id (the union-find root space).
+        size: channels in each member space.
+        spaces: member space ids.
+        producers: paths of the layers whose outputs create the member spaces.
+        norms: paths of normalization layers applied directly to a member space.
+        reasons: why the group cannot be pruned (empty when it can).
+    """
+
+    id: int
+    size: int
+    spaces: list[int]
+    producers: list[str]
+    norms: list[str]
+    reasons: list[str]
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.size > 1
+
+
+class ChannelGraph:
+    """Channel spaces, their groups, and every layer call with its layouts."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.spaces: list[Space] = []
+        self._parent: list[int] = []
+        self.calls: dict[int, list[LayerCall]] = {}
+        self.layers: dict[str, Any] = {}
+
+    # ----------------------------------------------------------- union-find
+    def find(self, space: int) -> int:
+        """The group id (root space) of ``space``."""
+        parent = self._parent
+        root = space
+        while parent[root] != root:
+            root = parent[root]
+        while parent[space] != root:
+            parent[space], space = root, parent[space]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[max(ra, rb)] = min(ra, rb)
+
+    # -------------------------------------------------------------- queries
+    def groups(self) -> list[ChannelGroup]:
+        """All channel groups, in the order their first space appeared."""
+        members: dict[int, list[int]] = {}
+        for sid in range(len(self.spaces)):
+            members.setdefault(self.find(sid), []).append(sid)
+        norms = self._norm_layers_by_root()
+        groups = []
+        for root, sids in members.items():
+            reasons: list[str] = []
+            for sid in sids:
+                reasons.extend(r for r in self.spaces[sid].reasons if r not in reasons)
+            producers = [self.spaces[s].origin for s in sids if self.spaces[s].origin]
+            groups.append(
+                ChannelGroup(
+                    id=root,
+                    size=self.spaces[root].size,
+                    spaces=sids,
+                    producers=producers,
+                    norms=norms.get(root, []),
+                    reasons=reasons,
+                )
+            )
+        return groups
+
+    def group_of_layer(self, path: str) -> ChannelGroup:
+        """The group of the channels ``path``'s first call outputs.
+
+        Raises ValueError when the layer's output is not one whole channel space
+        (a Concatenate, a Flatten, a depthwise conv with depth_multiplier > 1).
+        """
+        layer = self.layers[path]
+        layout = self.calls[id(layer)][0].out_layouts[0]
+        if len(layout.segments) != 1 or layout.repeat != 1 or layout.segments[0].inner != 1:
+            raise ValueError(
+                f"Layer '{path}' does not output one channel space of its own (its output "
+                "mixes several layers' channels); name the layer that produces them instead."
+            )
+        root = self.find(layout.segments[0].space)
+        return next(g for g in self.groups() if g.id == root)
+
+    def first_call(self, layer: Any) -> LayerCall | None:
+        calls = self.calls.get(id(layer))
+        return calls[0] if calls else None
+
+    def iter_calls(self) -> Iterator[LayerCall]:
+        for calls in self.calls.values():
+            yield from calls
+
+    def keep_function(self, keep: dict[int, np.ndarray]):
+        """Returns ``space -> kept indices or None`` for a keep map by group id."""
+
+        def keep_of(space: int) -> np.ndarray | None:
+            return keep.get(self.find(space))
+
+        return keep_of
+
+    def _norm_layers_by_root(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for call in self.iter_calls():
+            if not isinstance(registry.rule_for(call.layer), registry.NormalizationRule):
+                continue
+            layout = call.in_layouts[0]
+            if len(layout.segments) == 1 and layout.repeat == 1 and layout.segments[0].inner == 1:
+                out.setdefault(self.find(layout.segments[0].space), []).append(call.path)
+        return out
+
+
+class GraphBuilder:
+    """Walks a model and fills a :class:`ChannelGraph` (used by the rules)."""
+
+    def __init__(self, model: keras.Model):
+        self.graph = ChannelGraph(model)
+
+    # ------------------------------------------------------- rule callbacks
+    def new_space(self, size: int, layer: Any = None, reason: str | None = None) -> int:
+        """Creates a channel space; ``layer`` is the layer that creates it."""
+        graph = self.graph
+        sid = len(graph.spaces)
+        origin = self._path_of.get(id(layer)) if layer is not None else None
+        graph.spaces.append(Space(int(size), origin, [reason] if reason else []))
+        graph._parent.append(sid)
+        return sid
+
+    def forbid(self, spaces, reason: str) -> None:
+        """Marks spaces (and so their groups) unprunable, recording why."""
+        for sid in spaces:
+            if reason not in self.graph.spaces[sid].reasons:
+                self.graph.spaces[sid].reasons.append(reason)
+
+    def opaque(self, tensor: Any, layer: Any, reason: str) -> Layout:
+        """A layout for a tensor whose channels cannot be cut."""
+        width = tensor.shape[-1] if len(tensor.shape) else 1
+        width = int(width) if width is not None else 0
+        name = self._path_of.get(id(layer), getattr(layer, "name", "?"))
+        sid = self.new_space(width, None, f"'{name}': {reason}")
+        return Layout((Segment(sid, width),))
+
+    def unify(self, layouts: list[Layout], layer: Any) -> Layout:
+        """Ties layouts that must hold the same channels (Add, shared layers)."""
+        first = layouts[0]
+        if all(first.same_structure(other) for other in layouts[1:]):
+            for other in layouts[1:]:
+                for a, b in zip(first.segments, other.segments, strict=True):
+                    self.graph.union(a.space, b.space)
+            return first
+        name = self._path_of.get(id(layer), getattr(layer, "name", "?"))
+        spaces = [s for lay in layouts for s in lay.spaces]
+        self.forbid(spaces, f"'{name}' joins tensors whose channels are laid out differently")
+        return first
+
+    # ----------------------------------------------------------------- walk
+    def build(self) -> ChannelGraph:
+        model = self.graph.model
+        self._path_of: dict[int, str] = {}
+        inputs = _functional_of(model).inputs
+        in_layouts = [self.opaque(t, None, "model input") for t in inputs]
+        out_layouts = self._walk(model, in_layouts, prefix="")
+        for layout in out_layouts:
+            self.forbid(layout.spaces, "model output (the model's output shape is kept)")
+        return self.graph
+
+    def _walk(self, model: keras.Model, in_layouts: list[Layout], prefix: str) -> list[Layout]:
+        function = _functional_of(model)
+        layouts = {id(t): lay for t, lay in zip(function.inputs, in_layouts, strict=True)}
+        by_depth = function._nodes_by_depth
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
+                if node.operation is None or node.is_input:
+                    continue
+                if any(id(t) not in layouts for t in node.input_tensors):
+                    continue
+                ins = [layouts[id(t)] for t in node.input_tensors]
+                outs = self._apply(node, ins, prefix)
+                layouts.update({id(t): lay for t, lay in zip(node.outputs, outs, strict=True)})
+        return [layouts[id(t)] for t in function.outputs]
+
+    def _apply(self, node: Any, ins: list[Layout], prefix: str) -> list[Layout]:
+        layer = node.operation
+        path = prefix + layer.name
+        self._path_of.setdefault(id(layer), path)
+        path = self._path_of[id(layer)]
+        if isinstance(layer, keras.Model) and _has_graph(layer):
+            self.graph.layers[path] = layer
+            return self._walk(layer, ins, prefix=path + "/")
+        rule = registry.rule_for(layer)
+        reason = rule.check(layer, node) if rule is not None else None
+        if rule is None or reason is not None:
+            why = reason or (
+                f"is a {type(layer).__name__}, which the channel registry does not know "
+                "(register it with tf_filterprune.graph.register_layer)"
+            )
+            for lay in ins:
+                self.forbid(lay.spaces, f"'{path}' {why}")
+            outs = [self.opaque(t, layer, why) for t in node.outputs]
+        else:
+            outs = rule.propagate(layer, ins, node, self)
+        self._record(LayerCall(layer, path, ins, outs, _shapes(node.input_tensors), _shapes(node.outputs)))
+        return outs
+
+    def _record(self, call: LayerCall) -> None:
+        graph = self.graph
+        graph.layers[call.path] = call.layer
+        previous = graph.calls.setdefault(id(call.layer), [])
+        if previous:  # a shared layer: every call must keep the same channels
+            first = previous[0]
+            for a, b in zip(first.in_layouts, call.in_layouts, strict=False):
+                self.unify([a, b], call.layer)
+            for a, b in zip(first.out_layouts, call.out_layouts, strict=False):
+                self.unify([a, b], call.layer)
+        previous.append(call)
+
+
+def _shapes(tensors) -> list[tuple]:
+    return [tuple(t.shape) for t in tensors]
+
+
+def _has_graph(model: keras.Model) -> bool:
+    return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
+
+
+def _functional_of(model: keras.Model) -> keras.Model:
+    """The Functional graph behind a Functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        inner = getattr(model, "_functional", None)
+        if inner is None:
+            raise ValueError(
+                f"Sequential model '{model.name}' is not built: give it an input shape "
+                "(keras.Input(shape) as first layer) or call it on data before pruning."
+            )
+        return inner
+    if not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(
+            f"Model '{model.name}' is a subclassed model ({type(model).__name__}); "
+            "filter pruning needs the layer graph of a Functional or Sequential model. "
+            "Rebuild it with the Functional API (keras.Model(inputs, outputs))."
+        )
+    return model
+
+
+def build_graph(model: keras.Model) -> ChannelGraph:
+    """Builds the channel dependency graph of a Functional or Sequential model.
+
+    Args:
+        model: a built Keras 3 Functional or Sequential model.
+
+    Returns:
+        A :class:`ChannelGraph`; ``graph.groups()`` lists the coupled channel groups.
+
+    Raises:
+        ValueError: for a subclassed model or an unbuilt Sequential model.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected a keras.Model, got {type(model).__name__}.")
+    return GraphBuilder(model).build()
