@@ -89,7 +89,9 @@ def test_layer_normalization_over_channels_is_cut():
 
 
 def test_layer_normalization_over_space_refuses():
-    model = functional(lambda x: L.Conv2D(4, 1)(L.LayerNormalization(axis=[1, 2, 3])(conv(8, "c")(x))))
+    model = functional(
+        lambda x: L.Conv2D(4, 1)(L.LayerNormalization(axis=[1, 2, 3])(conv(8, "c")(x)))
+    )
     with pytest.raises(ValueError, match="normalizes over axis"):
         prune_channels(model, {"c": [0, 1]})
 
@@ -213,9 +215,10 @@ def test_squeeze_excite(style):
     graph = build_graph(model)
     assert graph.group_of_layer("c").id == graph.group_of_layer("se_expand").id
     compact = assert_surgery_contract(model)
-    assert compact.get_layer("se_expand").get_config()[
-        "filters" if style == "conv" else "units"
-    ] == compact.get_layer("c").filters
+    assert (
+        compact.get_layer("se_expand").get_config()["filters" if style == "conv" else "units"]
+        == compact.get_layer("c").filters
+    )
 
 
 def test_global_pooling_to_dense():

@@ -1,3 +1,37 @@
-"""tf_filterprune: structured (filter) pruning for Keras 3 on TensorFlow."""
+"""tf_filterprune: structured (filter) pruning for Keras 3 on TensorFlow.
+
+Removes whole convolution filters, cuts every dependent layer to match, and
+returns physically smaller Keras models that export to SavedModel and
+TFLite/LiteRT and run faster.
+
+Example:
+
+>>> import keras, tf_filterprune as tffp
+>>> model = tffp.models.fashion_cnn()
+>>> compact = tffp.prune_once(model, "l1", target_macs_reduction=0.5, round_to=8)
+>>> tffp.profile(compact).total_macs < 0.5 * tffp.profile(model).total_macs
+True
+
+tfmot is never imported here: it forces the legacy tf_keras process-wide.
+"""
+
+from tf_filterprune import data, export, models
+from tf_filterprune.batchnorm import recalibrate_batchnorm
+from tf_filterprune.graph import build_graph, register_layer
+from tf_filterprune.profiling import profile
+from tf_filterprune.pruner import prune_once
+from tf_filterprune.surgery import prune_channels
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "build_graph",
+    "data",
+    "export",
+    "models",
+    "profile",
+    "prune_channels",
+    "prune_once",
+    "recalibrate_batchnorm",
+    "register_layer",
+]

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,19 @@ class ChannelGraph:
             )
         return groups
 
+    def resolve(self, name: str) -> str:
+        """The graph path of a layer given by path ("backbone/conv1") or unique name."""
+        if name in self.layers:
+            return name
+        matches = [p for p in self.layers if p.rsplit("/", 1)[-1] == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ValueError(f"Layer name '{name}' is ambiguous; use one of {matches}.")
+        close = difflib.get_close_matches(name, list(self.layers), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"No layer named '{name}' in model '{self.model.name}'.{hint}")
+
     def group_of_layer(self, path: str) -> ChannelGroup:
         """The group of the channels ``path``'s first call outputs.
 
@@ -201,7 +215,7 @@ class GraphBuilder:
         """A layout for a tensor whose channels cannot be cut."""
         width = tensor.shape[-1] if len(tensor.shape) else 1
         width = int(width) if width is not None else 0
-        name = self._path_of.get(id(layer), getattr(layer, "name", "?"))
+        name = self._path_of.get(id(layer), getattr(layer, "name", None) or tensor.name)
         sid = self.new_space(width, None, f"'{name}': {reason}")
         return Layout((Segment(sid, width),))
 
@@ -264,7 +278,9 @@ class GraphBuilder:
             outs = [self.opaque(t, layer, why) for t in node.outputs]
         else:
             outs = rule.propagate(layer, ins, node, self)
-        self._record(LayerCall(layer, path, ins, outs, _shapes(node.input_tensors), _shapes(node.outputs)))
+        self._record(
+            LayerCall(layer, path, ins, outs, _shapes(node.input_tensors), _shapes(node.outputs))
+        )
         return outs
 
     def _record(self, call: LayerCall) -> None:

@@ -176,7 +176,9 @@ class FlattenRule(LayerRule):
     def propagate(self, layer, in_layouts, node, ctx):
         shape = tuple(node.input_tensors[0].shape)[1:-1]
         if any(d is None for d in shape):
-            ctx.forbid(in_layouts[0].spaces, f"'{layer.name}' flattens unknown spatial dims {shape}")
+            ctx.forbid(
+                in_layouts[0].spaces, f"'{layer.name}' flattens unknown spatial dims {shape}"
+            )
             return [ctx.opaque(node.outputs[0], layer, "output of a Flatten of unknown size")]
         positions = 1
         for d in shape:

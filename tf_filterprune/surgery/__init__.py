@@ -10,4 +10,12 @@ from tf_filterprune.surgery.cut import (
     zeroed_copy,
 )
 
-__all__ = ["LayerCut", "plan_cuts", "prune_channels", "rebuild", "resolve_keep", "slice_weights", "zeroed_copy"]
+__all__ = [
+    "LayerCut",
+    "plan_cuts",
+    "prune_channels",
+    "rebuild",
+    "resolve_keep",
+    "slice_weights",
+    "zeroed_copy",
+]

@@ -9,7 +9,6 @@ the registry (:mod:`tf_filterprune.graph.registry`).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +140,9 @@ def _removed(kept: np.ndarray | None, width: int) -> np.ndarray | None:
     return np.setdiff1d(np.arange(width), kept)
 
 
-def zeroed_copy(model: keras.Model, graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> keras.Model:
+def zeroed_copy(
+    model: keras.Model, graph: ChannelGraph, keep: Mapping[int, np.ndarray]
+) -> keras.Model:
     """A same-shape copy of ``model`` whose removed channels are exactly zero.
 
     Zeroes, for every removed channel, the producing filters and biases and the
@@ -181,25 +182,13 @@ def _find_clone(model: keras.Model, path: str) -> keras.Layer:
     return layer
 
 
-def _resolve_layer(graph: ChannelGraph, name: str) -> str:
-    """The graph path of a layer given by path or unique name."""
-    if name in graph.layers:
-        return name
-    matches = [p for p in graph.layers if p.rsplit("/", 1)[-1] == name]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ValueError(f"Layer name '{name}' is ambiguous; use one of {matches}.")
-    close = difflib.get_close_matches(name, list(graph.layers), n=3)
-    hint = f" Did you mean {close}?" if close else ""
-    raise ValueError(f"No layer named '{name}' in model '{graph.model.name}'.{hint}")
-
-
 def _validate_indices(path: str, indices: Sequence[int], size: int) -> np.ndarray:
     try:
         idx = np.asarray(list(indices), dtype=np.int64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"Indices to keep for '{path}' must be integers, got {indices!r}.") from err
+        raise ValueError(
+            f"Indices to keep for '{path}' must be integers, got {indices!r}."
+        ) from err
     if idx.ndim != 1:
         raise ValueError(f"Indices to keep for '{path}' must be a flat list of integers.")
     if idx.size == 0:
@@ -207,7 +196,9 @@ def _validate_indices(path: str, indices: Sequence[int], size: int) -> np.ndarra
             f"Keeping no channel of '{path}' would remove the layer; keep at least one index."
         )
     if idx.min() < 0 or idx.max() >= size:
-        raise ValueError(f"Indices to keep for '{path}' must be in [0, {size}), got {idx.tolist()}.")
+        raise ValueError(
+            f"Indices to keep for '{path}' must be in [0, {size}), got {idx.tolist()}."
+        )
     if len(np.unique(idx)) != idx.size:
         raise ValueError(f"Indices to keep for '{path}' contain duplicates: {idx.tolist()}.")
     return np.sort(idx)
@@ -225,7 +216,7 @@ def resolve_keep(graph: ChannelGraph, keep: Mapping[str, Sequence[int]]) -> dict
     by_group: dict[int, np.ndarray] = {}
     named: dict[int, str] = {}
     for name, indices in keep.items():
-        path = _resolve_layer(graph, name)
+        path = graph.resolve(name)
         group = graph.group_of_layer(path)
         if group.reasons:
             raise ValueError(

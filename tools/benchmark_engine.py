@@ -1,0 +1,129 @@
+r"""Engine benchmark: pruning cost vs clone_model, and TFLite latency vs MACs.
+
+Measured in one run, on this machine (shared and noisy: only ratios are
+reported, and timings are interleaved so noise hits both sides alike):
+
+1. ``prune_once`` on keras.applications ResNet50 (224x224, weights=None) divided
+   by one ``keras.models.clone_model`` + ``set_weights`` of the same model
+   (target <= 2; Torch-Pruning 1.6.1 prunes torchvision ResNet-50 in place in
+   0.32 s on 2 cores).
+2. CIFAR ResNet-56 and VGG-16 pruned to half their MACs with ``round_to=8``:
+   TFLite float latency(compact) / latency(original), batch 1, one thread,
+   interleaved, next to MACs(compact) / MACs(original). Targets: latency ratio
+   <= 1.25 x MACs ratio (ResNet-56) and <= 1.15 x (VGG-16).
+
+Usage:
+
+    .venv/bin/python tools/benchmark_engine.py --output benchmarks/results/engine.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import tf_filterprune as tffp  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", "benchmarks/results/engine.json", "Where to write the results.")
+flags.DEFINE_integer("speed_repeats", 3, "Interleaved repeats of prune_once vs clone_model.")
+flags.DEFINE_integer("latency_rounds", 30, "Interleaved latency rounds per model pair.")
+flags.DEFINE_bool("speed", True, "Run the pruning-cost benchmark.")
+flags.DEFINE_bool("latency", True, "Run the TFLite latency benchmark.")
+
+LATENCY_TARGETS = {"resnet56": 1.25, "vgg16_cifar": 1.15}
+
+
+def clone_with_weights(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def pruning_cost(repeats: int) -> dict:
+    """Median prune_once time over median clone_model+set_weights time (ResNet50)."""
+    model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    clone_with_weights(model)  # warm-up of both paths
+    tffp.prune_once(model, "l1", keep_ratio=0.5)
+    clone_times, prune_times = [], []
+    for _ in range(repeats):
+        clone_times.append(timed(lambda: clone_with_weights(model)))
+        prune_times.append(timed(lambda: tffp.prune_once(model, "l1", keep_ratio=0.5)))
+    clone_s, prune_s = statistics.median(clone_times), statistics.median(prune_times)
+    result = {
+        "model": "keras.applications.ResNet50 224x224",
+        "clone_model_plus_set_weights_s": clone_s,
+        "prune_once_s": prune_s,
+        "ratio": prune_s / clone_s,
+        "target_ratio": 2.0,
+    }
+    print(
+        f"prune_once(ResNet50) / clone_model+set_weights = {result['ratio']:.2f} "
+        f"({prune_s:.2f} s / {clone_s:.2f} s; target <= 2)"
+    )
+    return result
+
+
+def latency_vs_macs(rounds: int) -> list[dict]:
+    rows = []
+    for name, build in (
+        ("resnet56", tffp.models.resnet56),
+        ("vgg16_cifar", tffp.models.vgg16_cifar),
+    ):
+        model = build()
+        compact = tffp.prune_once(model, "l1", target_macs_reduction=0.5, round_to=8)
+        macs_ratio = tffp.profile(compact).total_macs / tffp.profile(model).total_macs
+        blobs = {
+            "original": tffp.export.to_tflite(model),
+            "compact": tffp.export.to_tflite(compact),
+        }
+        lat = tffp.export.compare_latency(blobs, num_threads=1, rounds=rounds)
+        latency_ratio = lat["compact"].median_ms / lat["original"].median_ms
+        row = {
+            "model": name,
+            "macs_ratio": macs_ratio,
+            "latency_ratio": latency_ratio,
+            "latency_over_macs": latency_ratio / macs_ratio,
+            "target_latency_over_macs": LATENCY_TARGETS[name],
+            "original_ms": lat["original"].median_ms,
+            "compact_ms": lat["compact"].median_ms,
+            "bytes_ratio": len(blobs["compact"]) / len(blobs["original"]),
+        }
+        print(
+            f"{name}: MACs ratio {macs_ratio:.3f}, TFLite latency ratio {latency_ratio:.3f} "
+            f"= {row['latency_over_macs']:.2f} x MACs (target <= {LATENCY_TARGETS[name]}), "
+            f"bytes ratio {row['bytes_ratio']:.3f}"
+        )
+        rows.append(row)
+    return rows
+
+
+def main(argv):
+    del argv
+    results = {"machine_cores": os.cpu_count(), "keras": keras.__version__}
+    if FLAGS.speed:
+        results["pruning_cost"] = pruning_cost(FLAGS.speed_repeats)
+    if FLAGS.latency:
+        results["latency"] = latency_vs_macs(FLAGS.latency_rounds)
+    out = Path(FLAGS.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
