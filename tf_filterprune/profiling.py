@@ -49,6 +49,8 @@ from typing import Any
 
 import keras
 
+from tf_filterprune.graph.dependency import functional_of
+
 Shape = tuple[int | None, ...]
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -292,7 +294,7 @@ def _one_or_list(shapes: list[Shape]) -> Shape | list[Shape]:
 # ------------------------------------------------------------------ graph walk
 def _calls(model: keras.Model, prefix: str) -> Iterator[tuple[Any, str, list[Shape], list[Shape]]]:
     """Yields ``(layer, path, input_shapes, output_shapes)`` for every layer call, in order."""
-    graph = _functional_of(model)
+    graph = functional_of(model)
     by_depth = graph._nodes_by_depth
     for depth in sorted(by_depth, reverse=True):
         for node in by_depth[depth]:
@@ -308,24 +310,6 @@ def _calls(model: keras.Model, prefix: str) -> Iterator[tuple[Any, str, list[Sha
 
 def _shapes(tensors: Any) -> list[Shape]:
     return [tuple(t.shape) for t in tensors]
-
-
-def _functional_of(model: keras.Model) -> keras.Model:
-    """The Functional graph behind a Functional or Sequential model."""
-    if isinstance(model, keras.Sequential):
-        graph = getattr(model, "_functional", None)
-        if graph is None:
-            raise ValueError(
-                f"Sequential model '{model.name}' is not built: start it with "
-                "keras.Input(shape) or call model.build(input_shape) before profiling."
-            )
-        return graph
-    if not hasattr(model, "_nodes_by_depth"):
-        raise ValueError(
-            f"Model '{model.name}' is a subclassed model ({type(model).__name__}); "
-            "profiling needs the layer graph of a Functional or Sequential model."
-        )
-    return model
 
 
 # ---------------------------------------------------------------------- table

@@ -61,14 +61,24 @@ def _check_ratio(name: str, value: float) -> float:
     return float(value)
 
 
-def select_groups(graph: ChannelGraph, ignored_layers: Iterable[Any] = ()) -> list[ChannelGroup]:
-    """The prunable groups of the graph, less those of the ignored layers' outputs."""
+def select_groups(
+    graph: ChannelGraph, ignored_layers: Iterable[Any] = (), prune_residual: bool = True
+) -> list[ChannelGroup]:
+    """The prunable groups of the graph, less those of the ignored layers' outputs.
+
+    With ``prune_residual=False``, groups joined by a residual ``Add`` (a ResNet
+    stage's stream) are left whole too.
+    """
     ignored: set[int] = set()
     for item in ignored_layers:
         path = graph.resolve(item if isinstance(item, str) else item.name)
         layout = graph.first_call(graph.layers[path]).out_layouts[0]
         ignored.update(graph.find(space) for space in layout.spaces)
-    return [g for g in graph.groups() if g.prunable and g.id not in ignored]
+    return [
+        g
+        for g in graph.groups()
+        if g.prunable and g.id not in ignored and (prune_residual or not g.residual)
+    ]
 
 
 def per_layer_ratios(
@@ -105,26 +115,36 @@ class MacsModel:
         self.total = report.total_macs
         by_name = {p.name: p.macs for p in report.layers}
         self.terms = []
+        self.terms_of_group: dict[int, list[int]] = {}
         for call in graph.iter_calls():
             macs = by_name.get(call.path, 0)
-            calls = len(graph.calls[id(call.layer)])
-            if macs and call.in_layouts and call.out_layouts:
-                producer = isinstance(registry.rule_for(call.layer), registry.ProducerRule)
-                self.terms.append((macs / calls, call, producer))
+            if not (macs and call.in_layouts and call.out_layouts):
+                continue
+            producer = isinstance(registry.rule_for(call.layer), registry.ProducerRule)
+            layouts = [call.out_layouts[0]] + ([call.in_layouts[0]] if producer else [])
+            for root in {graph.find(s) for lay in layouts for s in lay.spaces}:
+                self.terms_of_group.setdefault(root, []).append(len(self.terms))
+            self.terms.append((macs / len(graph.calls[id(call.layer)]), layouts))
+        self.fixed = self.total - sum(m for m, _ in self.terms)
 
-    def estimate(self, counts: Mapping[int, int]) -> float:
+    def _term(self, index: int, counts: Mapping[int, int]) -> float:
         def count_of(space: int, size: int) -> int:
             return counts.get(self.graph.find(space), size)
 
-        total = self.total - sum(m for m, _, _ in self.terms)
-        for macs, call, producer in self.terms:
-            out = call.out_layouts[0]
-            frac = out.kept_width(count_of) / max(out.width, 1)
-            if producer:
-                inp = call.in_layouts[0]
-                frac *= inp.kept_width(count_of) / max(inp.width, 1)
-            total += macs * frac
-        return total
+        macs, layouts = self.terms[index]
+        for layout in layouts:
+            macs *= layout.kept_width(count_of) / max(layout.width, 1)
+        return macs
+
+    def estimate(self, counts: Mapping[int, int]) -> float:
+        """Estimated MACs when group ``g`` keeps ``counts[g]`` channels (others all)."""
+        return self.fixed + sum(self._term(i, counts) for i in range(len(self.terms)))
+
+    def delta(self, counts: Mapping[int, int], group: int, new_count: int) -> float:
+        """MACs added by giving ``group`` ``new_count`` channels instead of ``counts[group]``."""
+        changed = {**counts, group: new_count}
+        terms = self.terms_of_group.get(group, [])
+        return sum(self._term(i, changed) - self._term(i, counts) for i in terms)
 
 
 def _counts(groups: list[ChannelGroup], budget: Budget, ratio: float | None = None):
@@ -132,15 +152,14 @@ def _counts(groups: list[ChannelGroup], budget: Budget, ratio: float | None = No
 
 
 def search_uniform_ratio(
-    macs: MacsModel, groups: list[ChannelGroup], budget: Budget, target: float
+    macs: MacsModel, groups: list[ChannelGroup], budget: Budget, goal: float
 ) -> float:
-    """Largest uniform keep ratio whose estimated MACs reduction reaches ``target``."""
-    goal = macs.total * (1.0 - target)
+    """Largest uniform keep ratio whose estimated MACs stay within ``goal``."""
     if macs.estimate(_counts(groups, budget, 1e-6)) > goal:
         raise ValueError(
-            f"A {target:.0%} MACs reduction is out of reach: even the smallest widths "
-            "allowed (min_filters, round_to, ignored layers, unprunable groups) keep more. "
-            "Lower target_macs_reduction or allow more layers to be pruned."
+            f"A {1 - goal / macs.total:.0%} MACs reduction is out of reach: even the smallest "
+            "widths allowed (min_filters, round_to, ignored layers, unprunable groups) keep "
+            "more. Lower target_macs_reduction or allow more layers to be pruned."
         )
     lo, hi = 0.0, 1.0
     for _ in range(30):
@@ -150,6 +169,44 @@ def search_uniform_ratio(
         else:
             hi = mid
     return max(lo, 1e-6)
+
+
+def fill_budget(
+    macs: MacsModel, groups: list[ChannelGroup], budget: Budget, counts: dict[int, int], goal: float
+) -> dict[int, int]:
+    """Gives channels back, ``round_to`` at a time, while the MACs stay within ``goal``.
+
+    Rounding leaves the uniform allocation short of the target; each step adds
+    channels to the group that keeps the smallest fraction of its channels (the
+    cheapest in MACs among equals) and still fits, so widths stay as even as the
+    budget allows. Groups with a per-layer ratio keep it.
+    """
+    counts = dict(counts)
+    spent = macs.estimate(counts)
+    free = [g for g in groups if g.id not in budget.per_group]
+    while True:
+        best = None
+        for g in free:
+            new = min(counts[g.id] + budget.round_to, g.size)
+            if new == counts[g.id]:
+                continue
+            cost = macs.delta(counts, g.id, new)
+            key = (counts[g.id] / g.size, cost)
+            if spent + cost <= goal and (best is None or key < best[0]):
+                best = (key, cost, g.id, new)
+        if best is None:
+            return counts
+        _, cost, group, new = best
+        spent += cost
+        counts[group] = new
+
+
+def allocate(
+    macs: MacsModel, groups: list[ChannelGroup], budget: Budget, goal: float
+) -> dict[int, int]:
+    """Kept channels per group for a MACs goal: a uniform ratio, then a greedy fill."""
+    ratio = search_uniform_ratio(macs, groups, budget, goal)
+    return fill_budget(macs, groups, budget, _counts(groups, budget, ratio), goal)
 
 
 def prune_once(
@@ -166,6 +223,7 @@ def prune_once(
     seed: int = 0,
     taylor_steps: int = 10,
     loss: Any = None,
+    prune_residual: bool = True,
 ) -> keras.Model:
     """Prunes whole filters once by an importance criterion; returns a compact model.
 
@@ -190,6 +248,11 @@ def prune_once(
         taylor_steps: batches of ``data`` used by the Taylor criterion.
         loss: loss for the Taylor criterion (default: the compiled loss, else
             sparse categorical cross-entropy).
+        prune_residual: False leaves the channels joined by residual ``Add``
+            layers whole and prunes only block-internal convs, as the DCFF and
+            DPFPS papers do for ResNets (measured here: at half the MACs,
+            ResNet-56 with round_to=8 runs at 1.23x its MACs ratio this way,
+            1.47x when the 16-wide first stage is cut to 8 too).
 
     Returns:
         A new, physically smaller Keras model with the same layer names.
@@ -215,7 +278,7 @@ def prune_once(
         raise ValueError("criterion='taylor' needs `data`: (x, y) batches to compute gradients.")
 
     graph = build_graph(model)
-    groups = select_groups(graph, ignored_layers)
+    groups = select_groups(graph, ignored_layers, prune_residual)
     budget = Budget(keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters))
     groups = [g for g in groups if g.size > budget.min_filters or g.id in budget.per_group]
     scores = _score(model, graph, groups, criterion, data, seed, taylor_steps, loss)
@@ -223,14 +286,14 @@ def prune_once(
         return rebuild(model, graph, _top(groups, scores, _counts(groups, budget)))
 
     macs = MacsModel(model, graph)
-    ratio = search_uniform_ratio(macs, groups, budget, target_macs_reduction)
-    for _ in range(20):
-        compact = rebuild(model, graph, _top(groups, scores, _counts(groups, budget, ratio)))
-        if profile(compact).total_macs <= macs.total * (1.0 - target_macs_reduction):
+    goal = macs.total * (1.0 - target_macs_reduction)
+    for attempt in range(20):
+        counts = allocate(macs, groups, budget, goal * 0.99**attempt)
+        compact = rebuild(model, graph, _top(groups, scores, counts))
+        if profile(compact).total_macs <= goal:
             return compact
-        logging.info("prune_once: MACs estimate was optimistic; lowering the keep ratio.")
-        ratio *= 0.98
-    return compact
+        logging.info("prune_once: the MACs estimate was optimistic; aiming lower.")
+    raise RuntimeError("prune_once could not meet the MACs target; please report this model.")
 
 
 def _score(model, graph, groups, criterion, data, seed, steps, loss) -> dict[int, np.ndarray]:

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 import tf_filterprune as tffp  # noqa: E402
 
@@ -70,6 +70,7 @@ def accuracy(model, train_ds, test_ds) -> float:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)
     keras.utils.set_random_seed(FLAGS.seed)
     out_dir = Path(FLAGS.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

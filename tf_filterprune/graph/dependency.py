@@ -43,6 +43,7 @@ class Space:
     size: int
     origin: str | None  # path of the layer that created it
     reasons: list[str] = field(default_factory=list)
+    residual: bool = False  # joined to other spaces by an Add-like layer
 
 
 @dataclass
@@ -68,6 +69,8 @@ class ChannelGroup:
         producers: paths of the layers whose outputs create the member spaces.
         norms: paths of normalization layers applied directly to a member space.
         reasons: why the group cannot be pruned (empty when it can).
+        residual: the members are joined by a residual ``Add`` (or Subtract,
+            Average, Maximum, Minimum): the stream of a ResNet stage.
     """
 
     id: int
@@ -76,6 +79,7 @@ class ChannelGroup:
     producers: list[str]
     norms: list[str]
     reasons: list[str]
+    residual: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -129,6 +133,7 @@ class ChannelGraph:
                     producers=producers,
                     norms=norms.get(root, []),
                     reasons=reasons,
+                    residual=any(self.spaces[s].residual for s in sids),
                 )
             )
         return groups
@@ -219,6 +224,11 @@ class GraphBuilder:
         sid = self.new_space(width, None, f"'{name}': {reason}")
         return Layout((Segment(sid, width),))
 
+    def mark_residual(self, layout: Layout) -> None:
+        """Records that ``layout``'s spaces are joined by a residual (Add-like) layer."""
+        for sid in layout.spaces:
+            self.graph.spaces[sid].residual = True
+
     def unify(self, layouts: list[Layout], layer: Any) -> Layout:
         """Ties layouts that must hold the same channels (Add, shared layers)."""
         first = layouts[0]
@@ -236,7 +246,7 @@ class GraphBuilder:
     def build(self) -> ChannelGraph:
         model = self.graph.model
         self._path_of: dict[int, str] = {}
-        inputs = _functional_of(model).inputs
+        inputs = functional_of(model).inputs
         in_layouts = [self.opaque(t, None, "model input") for t in inputs]
         out_layouts = self._walk(model, in_layouts, prefix="")
         for layout in out_layouts:
@@ -244,7 +254,7 @@ class GraphBuilder:
         return self.graph
 
     def _walk(self, model: keras.Model, in_layouts: list[Layout], prefix: str) -> list[Layout]:
-        function = _functional_of(model)
+        function = functional_of(model)
         layouts = {id(t): lay for t, lay in zip(function.inputs, in_layouts, strict=True)}
         by_depth = function._nodes_by_depth
         for depth in sorted(by_depth, reverse=True):
@@ -304,20 +314,20 @@ def _has_graph(model: keras.Model) -> bool:
     return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
 
 
-def _functional_of(model: keras.Model) -> keras.Model:
+def functional_of(model: keras.Model) -> keras.Model:
     """The Functional graph behind a Functional or Sequential model."""
     if isinstance(model, keras.Sequential):
         inner = getattr(model, "_functional", None)
         if inner is None:
             raise ValueError(
                 f"Sequential model '{model.name}' is not built: give it an input shape "
-                "(keras.Input(shape) as first layer) or call it on data before pruning."
+                "(keras.Input(shape) as first layer) or call model.build(input_shape)."
             )
         return inner
     if not hasattr(model, "_nodes_by_depth"):
         raise ValueError(
             f"Model '{model.name}' is a subclassed model ({type(model).__name__}); "
-            "filter pruning needs the layer graph of a Functional or Sequential model. "
+            "pruning and profiling need the layer graph of a Functional or Sequential model. "
             "Rebuild it with the Functional API (keras.Model(inputs, outputs))."
         )
     return model

@@ -214,13 +214,25 @@ class ReshapeRule(LayerRule):
 
 
 class MergeRule(LayerRule):
-    """Add / Subtract / Multiply / Average / Maximum / Minimum: all inputs tie."""
+    """Add / Subtract / Multiply / Average / Maximum / Minimum: all inputs tie.
+
+    Inputs of width 1 broadcast over the channels and are not tied.
+    ``residual`` marks the joins that form a residual stream (not Multiply,
+    which gates a feature map in squeeze-excite blocks).
+    """
+
+    def __init__(self, residual: bool = True):
+        super().__init__()
+        self.residual = residual
 
     def propagate(self, layer, in_layouts, node, ctx):
         widths = [lay.width for lay in in_layouts]
         full = max(widths)
         tied = [lay for lay in in_layouts if lay.width == full or full == 1]
-        return [ctx.unify(tied, layer)]
+        joined = ctx.unify(tied, layer)
+        if self.residual and len(tied) > 1:
+            ctx.mark_residual(joined)
+        return [joined]
 
 
 class ConcatenateRule(LayerRule):
@@ -302,8 +314,9 @@ def _register_builtins() -> None:
         register_layer(getattr(L, name), LayerRule())
     register_layer(L.Flatten, FlattenRule())
     register_layer(L.Reshape, ReshapeRule())
-    for name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"):
-        register_layer(getattr(L, name), MergeRule())
+    for name in ("Add", "Subtract", "Average", "Maximum", "Minimum"):
+        register_layer(getattr(L, name), MergeRule(residual=True))
+    register_layer(L.Multiply, MergeRule(residual=False))
     register_layer(L.Concatenate, ConcatenateRule())
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_filterprune.models.blocks import plain_stack
+
 VGG16_CONFIG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
 )  # fmt: skip
@@ -51,15 +53,7 @@ def vgg16_cifar(
         512
     """
     inputs = keras.Input(shape=input_shape, name="input")
-    x = inputs
-    conv_index = pool_index = 0
-    for item in VGG16_CONFIG:
-        if item == "M":
-            pool_index += 1
-            x = keras.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
-        else:
-            conv_index += 1
-            x = _conv_bn_relu(x, int(item), str(conv_index))
+    x = plain_stack(inputs, VGG16_CONFIG)
     x = keras.layers.AveragePooling2D(2, name="avgpool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(512, name="fc1")(x)
@@ -67,15 +61,6 @@ def vgg16_cifar(
     x = keras.layers.ReLU(name="fc1_relu")(x)
     outputs = keras.layers.Dense(num_classes, name="fc2")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def _conv_bn_relu(x: keras.KerasTensor, filters: int, suffix: str) -> keras.KerasTensor:
-    """3x3 'same' conv with bias, BatchNormalization, ReLU (``conv<suffix>``...)."""
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", kernel_initializer="he_normal", name=f"conv{suffix}"
-    )(x)
-    x = keras.layers.BatchNormalization(name=f"bn{suffix}")(x)
-    return keras.layers.ReLU(name=f"relu{suffix}")(x)
 
 
 def resnet_cifar(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_filterprune.models.blocks import plain_stack
+
 FASHION_CONFIG: tuple[int | str, ...] = (32, 32, "M", 64, 64, "M", 128)
 """Conv widths of :func:`fashion_cnn`; ``"M"`` is a 2x2 max pooling."""
 
@@ -34,24 +36,7 @@ def fashion_cnn(
         (None, 10)
     """
     inputs = keras.Input(shape=input_shape, name="input")
-    x = inputs
-    conv_index = pool_index = 0
-    for item in FASHION_CONFIG:
-        if item == "M":
-            pool_index += 1
-            x = keras.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
-        else:
-            conv_index += 1
-            x = _conv_bn_relu(x, int(item), conv_index)
+    x = plain_stack(inputs, FASHION_CONFIG)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     outputs = keras.layers.Dense(num_classes, name="fc")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def _conv_bn_relu(x: keras.KerasTensor, filters: int, index: int) -> keras.KerasTensor:
-    """3x3 'same' conv with bias, BatchNormalization and ReLU."""
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", kernel_initializer="he_normal", name=f"conv{index}"
-    )(x)
-    x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
-    return keras.layers.ReLU(name=f"relu{index}")(x)
