@@ -15,17 +15,30 @@ True
 tfmot is never imported here: it forces the legacy tf_keras process-wide.
 """
 
-from tf_filterprune import data, export, models
+from tf_filterprune import callbacks, data, export, models, schedules
+from tf_filterprune.api import custom_objects, prune_filters, prune_scope
 from tf_filterprune.batchnorm import recalibrate_batchnorm
 from tf_filterprune.graph import build_graph, register_layer
+from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
+from tf_filterprune.methods.dcff import DCFF
 from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
+from tf_filterprune.strip import strip_filter_pruning
 from tf_filterprune.surgery import prune_channels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DCFF",
+    "FilterPruningWrapper",
+    "PruningMethod",
     "build_graph",
+    "callbacks",
+    "custom_objects",
+    "prune_filters",
+    "prune_scope",
+    "schedules",
+    "strip_filter_pruning",
     "data",
     "export",
     "models",

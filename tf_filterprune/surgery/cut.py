@@ -9,6 +9,7 @@ the registry (:mod:`tf_filterprune.graph.registry`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,20 +89,33 @@ def slice_weights(layer: keras.Layer, cut: LayerCut) -> list[np.ndarray]:
     return sliced
 
 
-def rebuild(model: keras.Model, graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> keras.Model:
+def rebuild(
+    model: keras.Model,
+    graph: ChannelGraph,
+    keep: Mapping[int, np.ndarray],
+    wrap: Mapping[int, Callable[[keras.Layer], keras.layers.Wrapper]] | None = None,
+) -> keras.Model:
     """Builds the compact model: same names, inputs and outputs, weights sliced.
 
     Args:
         model: the original model (not modified).
         graph: its channel graph.
         keep: group id -> sorted kept channel indices; groups not listed keep all.
+        wrap: layer id -> function that wraps the (full-width) clone of that
+            layer; the wrapper's output follows ``keep``, its inner layer keeps
+            all its output channels (its inputs are still cut).
     """
     cuts = plan_cuts(graph, keep)
+    wrap = wrap or {}
     pairs: list[tuple[Any, Any]] = []
 
     def clone_layer(layer):
         config = layer.get_config()
         cut = cuts.get(id(layer))
+        if id(layer) in wrap:
+            twin = wrap[id(layer)](layer.__class__.from_config(config))
+            pairs.append((layer, twin))
+            return twin
         if cut is not None and cut.outputs is not None:
             out_shape = graph.first_call(layer).out_shapes[0]
             config = registry.rule_for(layer).resize_config(config, cut.out_width, out_shape)
@@ -114,6 +128,9 @@ def rebuild(model: keras.Model, graph: ChannelGraph, keep: Mapping[int, np.ndarr
         if not original.weights:
             continue
         cut = cuts.get(id(original))
+        if isinstance(twin, keras.layers.Wrapper):
+            twin = twin.layer
+            cut = None if cut is None else dataclasses.replace(cut, outputs=None)
         values = original.get_weights() if cut is None else slice_weights(original, cut)
         twin.set_weights(values)
     return compact

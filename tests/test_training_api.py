@@ -1,0 +1,196 @@
+"""The tfmot-shaped training API with DCFF: wrap -> fit -> strip, save/resume, errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers as L
+
+import tf_filterprune as tffp
+from tf_filterprune.methods import dcff
+
+
+def tiny_data(shape, n=32, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    return x, rng.integers(0, classes, size=(n,)).astype("int32")
+
+
+def compile_model(model):
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def vgg_sequential():
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            L.Conv2D(16, 3, padding="same", name="c1"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Conv2D(16, 3, padding="same", name="c2"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.MaxPooling2D(),
+            L.Conv2D(32, 3, padding="same", name="c3"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(10, name="fc"),
+        ]
+    )
+
+
+def fit_and_strip(model, shape, epochs=2, **kwargs):
+    wrapped = compile_model(tffp.prune_filters(model, tffp.DCFF(keep_ratio=0.5), **kwargs))
+    x, y = tiny_data(shape)
+    wrapped.fit(
+        x, y, batch_size=8, epochs=epochs, verbose=0,
+        callbacks=[tffp.callbacks.UpdateFilterPruning()],
+    )  # fmt: skip
+    compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:8])
+    assert diff <= 1e-4, diff
+    assert not any(isinstance(layer, tffp.FilterPruningWrapper) for layer in compact.layers)
+    return wrapped, compact
+
+
+def test_vgg_sequential_wrap_fit_strip():
+    model = vgg_sequential()
+    wrapped, compact = fit_and_strip(model, (16, 16, 3))
+    assert [compact.get_layer(n).filters for n in ("c1", "c2", "c3")] == [8, 8, 16]
+    assert compact.get_layer("fc").kernel.shape == (8 * 8 * 16, 10)
+    assert model.get_layer("c1").filters == 16  # the input model is untouched
+    temperatures = [float(w.temperature.numpy()) for w in tffp.methods.base.wrappers_of(wrapped)]
+    assert all(t > 1.0 for t in temperatures)
+
+
+def test_resnet20_wrap_fit_strip():
+    model = tffp.models.resnet20()
+    wrapped, compact = fit_and_strip(model, (32, 32, 3), epochs=1)
+    assert compact.get_layer("block1_1_conv1").filters == 8
+    assert compact.get_layer("block1_1_conv2").filters == 16  # the residual stream stays
+    assert compact.get_layer("block3_3_conv1").filters == 32
+
+
+def test_keras_application_wrap_fit_strip():
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35
+    )
+    wrapped, compact = fit_and_strip(model, (32, 32, 3), epochs=1, round_to=8)
+    full = tffp.profile(model).total_macs
+    assert tffp.profile(compact).total_macs < full
+    for layer in compact.layers:
+        if isinstance(layer, L.Conv2D) and not isinstance(layer, L.DepthwiseConv2D):
+            original = model.get_layer(layer.name).filters
+            assert layer.filters in (original, max(8, int(round(original * 0.5 / 8)) * 8))
+
+
+def test_per_layer_and_round_to():
+    wrapped = tffp.prune_filters(vgg_sequential(), tffp.DCFF(0.5), per_layer={"c3": 0.25})
+    widths = {w.name: w.out_channels for w in tffp.methods.base.wrappers_of(wrapped)}
+    assert widths == {"c1": 8, "c2": 8, "c3": 8}
+
+
+def test_save_mid_training_and_resume_is_identical(tmp_path):
+    keras.utils.set_random_seed(1)
+    x, y = tiny_data((16, 16, 3), n=16)
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+    callback = tffp.callbacks.UpdateFilterPruning()
+    wrapped.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback], shuffle=False)
+    path = tmp_path / "wrapped.keras"
+    wrapped.save(path)
+    with tffp.prune_scope():
+        loaded = keras.models.load_model(path)
+    for model in (wrapped, loaded):
+        model.fit(
+            x, y, batch_size=8, epochs=3, initial_epoch=2, verbose=0, shuffle=False,
+            callbacks=[tffp.callbacks.UpdateFilterPruning()],
+        )  # fmt: skip
+    for a, b in zip(wrapped.weights, loaded.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    w = tffp.methods.base.wrappers_of(loaded)[0]
+    assert int(w.epoch.numpy()) == 2 and int(w.step.numpy()) == 6
+
+
+def test_loading_without_scope_raises(tmp_path):
+    wrapped = tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5))
+    path = tmp_path / "wrapped.keras"
+    wrapped.save(path)
+    with pytest.raises(TypeError, match="FilterPruningWrapper"):
+        keras.models.load_model(path)
+
+
+def test_stripped_model_loads_without_custom_objects(tmp_path):
+    _, compact = fit_and_strip(vgg_sequential(), (16, 16, 3), epochs=1)
+    compact.save(tmp_path / "compact.keras")
+    keras.models.load_model(tmp_path / "compact.keras")
+
+
+def test_inside_clone_model_clone_function():
+    model = vgg_sequential()
+    method = tffp.DCFF(keep_ratio=0.5)
+
+    def clone_function(layer):
+        if isinstance(layer, L.Conv2D):
+            return tffp.prune_filters(layer.__class__.from_config(layer.get_config()), method)
+        return layer.__class__.from_config(layer.get_config())
+
+    wrapped = keras.models.clone_model(model, clone_function=clone_function)
+    assert sum(isinstance(layer, tffp.FilterPruningWrapper) for layer in wrapped.layers) == 3
+    compile_model(wrapped)
+    x, y = tiny_data((16, 16, 3), n=8)
+    wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
+    _, diff = tffp.strip_filter_pruning(wrapped, verify_data=x)
+    assert diff <= 1e-4
+
+
+def test_fit_without_callback_raises():
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+    x, y = tiny_data((16, 16, 3), n=8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="UpdateFilterPruning"):
+        wrapped.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5, -1])
+def test_bad_keep_ratio(ratio):
+    with pytest.raises(ValueError, match="keep_ratio"):
+        tffp.DCFF(keep_ratio=ratio)
+
+
+def test_config_round_trips():
+    method = tffp.DCFF(keep_ratio=0.3, temperature=tffp.schedules.SigmoidTemperature(10, t_end=50))
+    again = tffp.DCFF.from_config(method.get_config())
+    assert (
+        again.keep_ratio == 0.3
+        and again.temperature.get_config() == method.temperature.get_config()
+    )
+    wrapper = tffp.FilterPruningWrapper(L.Conv2D(8, 3, name="c"), method, out_channels=3)
+    clone = tffp.FilterPruningWrapper.from_config(wrapper.get_config())
+    assert clone.out_channels == 3 and clone.method.keep_ratio == 0.3
+    assert clone.layer.get_config() == wrapper.layer.get_config()
+
+
+def test_temperature_schedule_endpoints():
+    schedule = tffp.schedules.SigmoidTemperature(total_epochs=20)
+    assert schedule(0) == pytest.approx(1.0)
+    assert schedule(20) == pytest.approx(1e4)
+    values = [schedule(e) for e in range(21)]
+    assert values == sorted(values)
+
+
+def test_selection_stays_finite_and_changes_when_filters_change():
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 4, 16))
+    for temperature in (1.0, 1e2, 1e4):
+        probs, log_probs = dcff.coding_distributions(dcff.filter_distances(kernel), temperature)
+        assert np.isfinite(dcff.kl_scores(probs, log_probs)).all()
+    first, p_sel = dcff.select_filters(kernel, 8, 1e4)
+    np.testing.assert_allclose(p_sel.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.allclose(p_sel[np.arange(8), first], 1.0, atol=1e-3)  # one-hot at high T
+    changed = kernel.copy()
+    changed[..., first] *= 1e-3  # the selected filters become near-duplicates of each other
+    second, _ = dcff.select_filters(changed, 8, 1e4)
+    assert not np.array_equal(first, second)

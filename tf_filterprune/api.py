@@ -1,0 +1,132 @@
+"""The tfmot-shaped training API: ``prune_filters``, ``prune_scope``, ``custom_objects``.
+
+Example:
+
+>>> import keras, numpy as np, tf_filterprune as tffp
+>>> model = tffp.models.fashion_cnn()
+>>> wrapped = tffp.prune_filters(model, tffp.DCFF(keep_ratio=0.5), round_to=8)
+>>> [layer.out_channels for layer in wrapped.layers if hasattr(layer, "out_channels")]
+[16, 16, 32, 32, 64]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_filterprune.graph import build_graph
+from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
+from tf_filterprune.methods.dcff import DCFF
+from tf_filterprune.pruner import Budget, per_layer_ratios, select_groups
+from tf_filterprune.schedules import SigmoidTemperature
+from tf_filterprune.surgery import rebuild
+
+
+def custom_objects() -> dict[str, Any]:
+    """The classes needed to load a model saved while wrapped for filter pruning."""
+    return {
+        "FilterPruningWrapper": FilterPruningWrapper,
+        "DCFF": DCFF,
+        "SigmoidTemperature": SigmoidTemperature,
+    }
+
+
+def prune_scope() -> contextlib.AbstractContextManager:
+    """A scope in which a saved wrapped model loads again.
+
+    Example:
+
+    >>> import keras, tf_filterprune as tffp
+    >>> with tffp.prune_scope():
+    ...     pass  # keras.models.load_model("wrapped.keras")
+    """
+    return keras.saving.custom_object_scope(custom_objects())
+
+
+def _wrappable(graph, group) -> bool:
+    """A group DCFF-style methods can own: one plain Conv2D creates all its channels."""
+    if len(group.producers) != 1:
+        return False
+    layer = graph.layers[group.producers[0]]
+    return type(layer) is keras.layers.Conv2D and layer.groups == 1
+
+
+def prune_filters(
+    to_prune: keras.Model | keras.layers.Layer | Sequence[keras.layers.Layer],
+    method: PruningMethod,
+    *,
+    ignored_layers: Sequence[Any] = (),
+    per_layer: Mapping[str, float] | None = None,
+    round_to: int = 1,
+    min_filters: int = 1,
+) -> Any:
+    """Wraps the prunable Conv2D layers of a model for filter pruning while training.
+
+    Shaped like tfmot's ``prune_low_magnitude``. The returned model trains with
+    ``model.fit(..., callbacks=[tffp.callbacks.UpdateFilterPruning()])`` and
+    becomes a plain, physically smaller model with
+    :func:`tffp.strip_filter_pruning`. The input model is not modified.
+
+    Which layers are wrapped: every Conv2D that alone creates a group of
+    channels. Channels tied across several layers (the residual stream of a
+    ResNet, a squeeze-excite gate) are left whole: the DCFF paper prunes only
+    the first conv of each residual block.
+
+    Args:
+        to_prune: a Functional or Sequential model, a Conv2D layer, or a list
+            of layers (as in a ``keras.models.clone_model`` clone function; a
+            layer is wrapped at full width).
+        method: a :class:`PruningMethod` such as ``tffp.DCFF(keep_ratio=0.5)``.
+        ignored_layers: layers (or names) left unwrapped.
+        per_layer: layer name -> keep ratio, overriding ``method.keep_ratio``.
+        round_to: kept filter counts are multiples of this.
+        min_filters: no layer keeps fewer filters.
+
+    Returns:
+        A new model (or wrapped layer / list of layers).
+    """
+    if not isinstance(method, PruningMethod):
+        raise ValueError(f"`method` must be a PruningMethod, got {type(method).__name__}.")
+    if isinstance(to_prune, keras.Model):
+        return _prune_model(to_prune, method, ignored_layers, per_layer, round_to, min_filters)
+    if isinstance(to_prune, list | tuple):
+        return [prune_filters(layer, method) for layer in to_prune]
+    if isinstance(to_prune, keras.layers.Layer):
+        if type(to_prune) is keras.layers.Conv2D and to_prune.groups == 1:
+            return FilterPruningWrapper(to_prune, method)
+        return to_prune
+    raise ValueError(
+        f"prune_filters expects a keras Model, a layer or a list of layers, got "
+        f"{type(to_prune).__name__}."
+    )
+
+
+def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters):
+    graph = build_graph(model)
+    budget = Budget(
+        method.keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters)
+    )
+    groups = [g for g in select_groups(graph, ignored_layers) if _wrappable(graph, g)]
+    if not groups:
+        raise ValueError(
+            f"No Conv2D layer of model '{model.name}' can be wrapped for filter pruning "
+            "(each must alone create its output channels)."
+        )
+    keep, wrap = {}, {}
+    for group in groups:
+        count = budget.count(group)
+        producer = graph.layers[group.producers[0]]
+        keep[group.id] = np.arange(count)
+        wrap[id(producer)] = _wrap_function(method, count)
+    return rebuild(model, graph, keep, wrap)
+
+
+def _wrap_function(method: PruningMethod, count: int):
+    def wrap(layer: keras.layers.Layer) -> FilterPruningWrapper:
+        return FilterPruningWrapper(layer, method, out_channels=count)
+
+    return wrap

@@ -1,0 +1,137 @@
+"""DCFF: dynamic-coded filter fusion (Lin et al., 2021; see ../shared/ALGORITHMS.md §1).
+
+A fused layer keeps all ``C`` filters ``W`` and outputs ``m`` channels. Once per
+epoch each filter ``j`` gets a distribution ``P_j = softmax_k(-D_jk * T)`` over
+the filters (``D``: Euclidean distances, ``T``: a temperature that grows with
+the epochs), its score is ``s_j = sum_k KL(P_j || P_k)``, and the ``m`` most
+distinct filters are selected. The forward pass uses the fused kernel
+``W_f = W @ P_sel^T``; as T grows, ``P_sel`` becomes one-hot and the training
+form and the compact form converge. Stripping keeps ``W_f`` (exact).
+
+The published code takes ``log(P)`` without an epsilon, which is NaN once P
+underflows, freezing the selection; here all log-probabilities come from a
+log-softmax (see :func:`kl_scores` for why ``log(P + eps)`` is not enough).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
+from tf_filterprune.schedules import Schedule, SigmoidTemperature
+
+
+def filter_distances(kernel: np.ndarray) -> np.ndarray:
+    """Euclidean distances between the filters (last axis) of a conv kernel."""
+    filters = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1).astype(np.float64)
+    sq = (filters**2).sum(axis=1)
+    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * filters @ filters.T, 0.0))
+
+
+def coding_distributions(
+    distances: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise ``softmax(-D * T)`` and its log, computed stably."""
+    logits = -distances * temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return np.exp(log_p), log_p
+
+
+def kl_scores(probs: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
+    """``s_j = sum_k KL(P_j || P_k)`` from exact log-probabilities (finite for any T).
+
+    ``log P_k`` comes from the log-softmax, never ``log(P_k)`` of an underflowed
+    ``P_k``: with ``log(P_k + eps)`` every score ties at ``-log(eps)`` once T is
+    large, and the selection freezes just as with the published code's NaN.
+    With exact logs, ``KL(P_j || P_k) ~ T * D_jk`` at large T, so the most
+    distant filters keep being selected as the filters move.
+    """
+    self_term = (probs * log_probs).sum(axis=1)  # sum_i P_j(i) log P_j(i)
+    cross = probs @ log_probs.T  # [j, k] = sum_i P_j(i) log P_k(i)
+    return probs.shape[0] * self_term - cross.sum(axis=1)
+
+
+def select_filters(kernel: np.ndarray, keep: int, temperature: float):
+    """The ``keep`` most distinct filters and their coding rows ``P_sel`` (keep x C)."""
+    probs, log_probs = coding_distributions(filter_distances(kernel), temperature)
+    scores = kl_scores(probs, log_probs)
+    selected = np.sort(np.argsort(-scores, kind="stable")[:keep])
+    return selected, probs[selected].astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="tf_filterprune")
+class DCFF(PruningMethod):
+    """Dynamic-coded filter fusion: train a compact network from scratch.
+
+    Args:
+        keep_ratio: fraction of each layer's filters kept (the paper's
+            ``1 - rate``); per-layer ratios are given to ``prune_filters``.
+        temperature: a :class:`~tf_filterprune.schedules.Schedule` of the
+            temperature per epoch (default: the paper's sigmoid from 1 to 1e4).
+
+    Example:
+
+    >>> import keras, numpy as np, tf_filterprune as tffp
+    >>> model = tffp.models.fashion_cnn()
+    >>> wrapped = tffp.prune_filters(model, tffp.DCFF(keep_ratio=0.5))
+    >>> wrapped.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.zeros((8, 28, 28, 1), "float32"), np.zeros((8,), "int32")
+    >>> _ = wrapped.fit(x, y, epochs=1, verbose=0,
+    ...                 callbacks=[tffp.callbacks.UpdateFilterPruning()])
+    >>> tffp.strip_filter_pruning(wrapped).get_layer("conv1").filters
+    16
+    """
+
+    def __init__(self, keep_ratio: float = 0.5, temperature: Schedule | dict | None = None):
+        super().__init__(keep_ratio)
+        if isinstance(temperature, dict):
+            temperature = keras.saving.deserialize_keras_object(temperature)
+        self.temperature = temperature or SigmoidTemperature()
+        if not isinstance(self.temperature, Schedule):
+            raise ValueError(f"temperature must be a Schedule, got {type(temperature).__name__}.")
+
+    def create_state(self, wrapper: FilterPruningWrapper) -> None:
+        filters, keep = wrapper.layer.filters, wrapper.out_channels
+        wrapper.fusion = wrapper.add_weight(
+            name="fusion", shape=(keep, filters), initializer="zeros", trainable=False
+        )
+        wrapper.fusion.assign(np.eye(keep, filters, dtype=np.float32))
+        wrapper.selected = wrapper.add_weight(
+            name="selected", shape=(keep,), dtype="int32", initializer="zeros", trainable=False
+        )
+        wrapper.selected.assign(np.arange(keep, dtype=np.int32))
+        wrapper.temperature = wrapper.add_weight(
+            name="temperature", shape=(), initializer="ones", trainable=False
+        )
+
+    def effective_weights(self, wrapper, kernel, bias):
+        fusion = keras.ops.cast(wrapper.fusion, kernel.dtype)
+        fused = keras.ops.einsum("hwio,mo->hwim", kernel, fusion)
+        if bias is not None:
+            bias = keras.ops.einsum("o,mo->m", bias, keras.ops.cast(fusion, bias.dtype))
+        return fused, bias
+
+    def on_epoch_begin(self, wrapper, epoch, total_epochs):
+        temperature = self.temperature(epoch, total_epochs)
+        kernel = keras.ops.convert_to_numpy(wrapper.layer.kernel)
+        selected, p_sel = select_filters(kernel, wrapper.out_channels, temperature)
+        wrapper.fusion.assign(p_sel)
+        wrapper.selected.assign(selected.astype(np.int32))
+        wrapper.temperature.assign(temperature)
+
+    def summaries(self, wrapper) -> dict[str, Any]:
+        return {
+            "kept_width": wrapper.out_channels,
+            "temperature": float(keras.ops.convert_to_numpy(wrapper.temperature)),
+            "fusion_max": keras.ops.convert_to_numpy(keras.ops.max(wrapper.fusion, axis=1)),
+        }
+
+    def get_config(self) -> dict:
+        return {
+            "keep_ratio": self.keep_ratio,
+            "temperature": keras.saving.serialize_keras_object(self.temperature),
+        }
