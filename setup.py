@@ -16,7 +16,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "absl-py",
         "numpy",
-        "tqdm",
+        "tensorboard",
     ],
     extras_require={
         "test": [

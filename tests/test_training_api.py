@@ -194,3 +194,40 @@ def test_selection_stays_finite_and_changes_when_filters_change():
     changed[..., first] *= 1e-3  # the selected filters become near-duplicates of each other
     second, _ = dcff.select_filters(changed, 8, 1e4)
     assert not np.array_equal(first, second)
+
+
+def test_summaries_callback_writes_events(tmp_path):
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+    x, y = tiny_data((16, 16, 3), n=8)
+    wrapped.fit(
+        x, y, epochs=2, verbose=0,
+        callbacks=[
+            tffp.callbacks.UpdateFilterPruning(),
+            tffp.callbacks.FilterPruningSummaries(str(tmp_path)),
+        ],
+    )  # fmt: skip
+    events = list(tmp_path.glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    tags = set()
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        tags.update(value.tag for value in event.summary.value)
+    assert {"c1/kept_width", "c1/temperature", "c1/fusion_max"} <= tags
+
+
+def test_update_callback_needs_wrappers():
+    model = compile_model(vgg_sequential())
+    x, y = tiny_data((16, 16, 3), n=8)
+    with pytest.raises(ValueError, match="no filter-pruning wrapper"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
+
+
+def test_mirrored_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+    x, y = tiny_data((16, 16, 3), n=16)
+    wrapped.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
+    )
+    _, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:4])
+    assert diff <= 1e-4

@@ -16,7 +16,13 @@ tfmot is never imported here: it forces the legacy tf_keras process-wide.
 """
 
 from tf_filterprune import callbacks, data, export, models, schedules
-from tf_filterprune.api import custom_objects, prune_filters, prune_scope
+from tf_filterprune.api import (
+    custom_objects,
+    per_layer_from_rates,
+    prune_filters,
+    prune_scope,
+    wrappable_layers,
+)
 from tf_filterprune.batchnorm import recalibrate_batchnorm
 from tf_filterprune.graph import build_graph, register_layer
 from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
@@ -35,10 +41,12 @@ __all__ = [
     "build_graph",
     "callbacks",
     "custom_objects",
+    "per_layer_from_rates",
     "prune_filters",
     "prune_scope",
     "schedules",
     "strip_filter_pruning",
+    "wrappable_layers",
     "data",
     "export",
     "models",

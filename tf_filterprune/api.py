@@ -55,6 +55,45 @@ def _wrappable(graph, group) -> bool:
     return type(layer) is keras.layers.Conv2D and layer.groups == 1
 
 
+def wrappable_layers(model: keras.Model) -> list[str]:
+    """Names of the Conv2D layers ``prune_filters`` wraps, in graph order.
+
+    For a VGG these are all the convs; for a ResNet, the first conv of each
+    residual block (the others are tied by the residual Adds).
+    """
+    graph = build_graph(model)
+    return [g.producers[0] for g in select_groups(graph) if _wrappable(graph, g)]
+
+
+def per_layer_from_rates(model: keras.Model, rates: Sequence[float]) -> dict[str, float]:
+    """Turns a paper's per-conv list of prune *rates* into ``per_layer`` keep ratios.
+
+    ``rates[i]`` is the fraction of filters removed from the i-th layer of
+    :func:`wrappable_layers` (DCFF's VGG-16 list has 13 entries, its ResNet
+    lists one per residual block).
+
+    Example:
+
+    >>> import tf_filterprune as tffp
+    >>> rates = [0.5] * 2 + [0.4] * 2 + [0.35] * 3 + [0.85] * 6
+    >>> keep = tffp.per_layer_from_rates(tffp.models.vgg16_cifar(), rates)
+    >>> keep["conv1"], keep["conv13"]
+    (0.5, 0.15000000000000002)
+    """
+    names = wrappable_layers(model)
+    if len(rates) != len(names):
+        raise ValueError(
+            f"Got {len(rates)} prune rates for model '{model.name}', which has {len(names)} "
+            f"layers to prune: {names}."
+        )
+    out = {}
+    for name, rate in zip(names, rates, strict=True):
+        if not (0.0 <= rate < 1.0):
+            raise ValueError(f"Prune rate of '{name}' must be in [0, 1), got {rate}.")
+        out[name] = 1.0 - float(rate)
+    return out
+
+
 def prune_filters(
     to_prune: keras.Model | keras.layers.Layer | Sequence[keras.layers.Layer],
     method: PruningMethod,
