@@ -64,3 +64,18 @@ def test_backbone_nested_in_functional_model():
     ]
     assert all(w % 8 == 0 for w in widths)
     assert compact(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_macs_model_is_exact(name):
+    from helpers import random_keep
+
+    from tf_filterprune.graph import build_graph
+    from tf_filterprune.pruner import MacsModel
+    from tf_filterprune.surgery import rebuild
+
+    model = APPS[name](weights=None, input_shape=(32, 32, 3), classes=10)
+    graph = build_graph(model)
+    keep = random_keep(graph, ratio=0.55, seed=3)
+    estimate = MacsModel(model, graph).estimate({g: len(k) for g, k in keep.items()})
+    assert estimate == tffp.profile(rebuild(model, graph, keep)).total_macs

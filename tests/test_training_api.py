@@ -231,3 +231,14 @@ def test_mirrored_strategy():
     )
     _, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:4])
     assert diff <= 1e-4
+
+
+def test_target_macs_reduction_allocates_wrapped_widths():
+    model = tffp.models.fashion_cnn()
+    wrapped = tffp.prune_filters(model, tffp.DCFF(), target_macs_reduction=0.5, round_to=8)
+    ratio = (
+        tffp.profile(tffp.strip_filter_pruning(wrapped)).total_macs / tffp.profile(model).total_macs
+    )
+    assert 0.42 <= ratio <= 0.5
+    with pytest.raises(ValueError, match="target_macs_reduction"):
+        tffp.prune_filters(model, tffp.DCFF(), target_macs_reduction=1.2)

@@ -21,7 +21,14 @@ import numpy as np
 from tf_filterprune.graph import build_graph
 from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
 from tf_filterprune.methods.dcff import DCFF
-from tf_filterprune.pruner import Budget, per_layer_ratios, select_groups
+from tf_filterprune.pruner import (
+    Budget,
+    MacsModel,
+    allocate,
+    check_target,
+    per_layer_ratios,
+    select_groups,
+)
 from tf_filterprune.schedules import SigmoidTemperature
 from tf_filterprune.surgery import rebuild
 
@@ -102,6 +109,7 @@ def prune_filters(
     per_layer: Mapping[str, float] | None = None,
     round_to: int = 1,
     min_filters: int = 1,
+    target_macs_reduction: float | None = None,
 ) -> Any:
     """Wraps the prunable Conv2D layers of a model for filter pruning while training.
 
@@ -124,6 +132,9 @@ def prune_filters(
         per_layer: layer name -> keep ratio, overriding ``method.keep_ratio``.
         round_to: kept filter counts are multiples of this.
         min_filters: no layer keeps fewer filters.
+        target_macs_reduction: instead of ``method.keep_ratio``, the fraction of
+            the model's MACs the stripped model removes (e.g. 0.5); the widths
+            are allocated as in :func:`tffp.prune_once`.
 
     Returns:
         A new model (or wrapped layer / list of layers).
@@ -131,7 +142,15 @@ def prune_filters(
     if not isinstance(method, PruningMethod):
         raise ValueError(f"`method` must be a PruningMethod, got {type(method).__name__}.")
     if isinstance(to_prune, keras.Model):
-        return _prune_model(to_prune, method, ignored_layers, per_layer, round_to, min_filters)
+        return _prune_model(
+            to_prune,
+            method,
+            ignored_layers,
+            per_layer,
+            round_to,
+            min_filters,
+            target_macs_reduction,
+        )
     if isinstance(to_prune, list | tuple):
         return [prune_filters(layer, method) for layer in to_prune]
     if isinstance(to_prune, keras.layers.Layer):
@@ -144,7 +163,7 @@ def prune_filters(
     )
 
 
-def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters):
+def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters, target):
     graph = build_graph(model)
     budget = Budget(
         method.keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters)
@@ -155,9 +174,15 @@ def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters
             f"No Conv2D layer of model '{model.name}' can be wrapped for filter pruning "
             "(each must alone create its output channels)."
         )
+    if target is None:
+        counts = {g.id: budget.count(g) for g in groups}
+    else:
+        check_target(target)
+        macs = MacsModel(model, graph)
+        counts = allocate(macs, groups, budget, macs.total * (1.0 - target))
     keep, wrap = {}, {}
     for group in groups:
-        count = budget.count(group)
+        count = counts[group.id]
         producer = graph.layers[group.producers[0]]
         keep[group.id] = np.arange(count)
         wrap[id(producer)] = _wrap_function(method, count)

@@ -232,20 +232,29 @@ def layer_macs(
 
 
 def _product_macs(layer: Any, in_shape: Shape, out_shape: Shape) -> int:
-    """MACs of the weight products (everything but the bias) of a counted layer."""
+    """MACs of the weight products (everything but the bias) of a counted layer.
+
+    Widths come from the shapes, not the layer's config, so the MACs of a layer
+    at another width (a planned cut) are this function of the cut shapes.
+    """
     out_elems = _elements(out_shape)
+    out_channels = _channels_out(layer, out_shape)
     if isinstance(layer, keras.layers.Dense):
-        return _elements(in_shape) * layer.units
+        return _elements(in_shape) * out_channels
     kernel = math.prod(layer.kernel_size)
     if isinstance(layer, _SEPARABLE):
         c_mult = _channels_in(layer, in_shape) * layer.depth_multiplier
-        positions = out_elems // layer.filters
-        return positions * c_mult * (kernel + layer.filters)
+        positions = out_elems // out_channels
+        return positions * c_mult * (kernel + out_channels)
     if isinstance(layer, _DEPTHWISE):
         return out_elems * kernel
     if isinstance(layer, _CONV_TRANSPOSE):
-        return _elements(in_shape) * kernel * layer.filters
+        return _elements(in_shape) * kernel * out_channels
     return out_elems * kernel * (_channels_in(layer, in_shape) // layer.groups)
+
+
+def _channels_out(layer: Any, shape: Shape) -> int:
+    return _channels_in(layer, shape)
 
 
 def _channels_in(layer: Any, shape: Shape) -> int:

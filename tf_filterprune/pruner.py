@@ -15,9 +15,9 @@ import keras
 import numpy as np
 from absl import logging
 
-from tf_filterprune.graph import ChannelGraph, ChannelGroup, build_graph, registry
+from tf_filterprune.graph import ChannelGraph, ChannelGroup, LayerCall, build_graph
 from tf_filterprune.methods import criteria
-from tf_filterprune.profiling import profile
+from tf_filterprune.profiling import layer_macs, profile
 from tf_filterprune.surgery import rebuild
 
 
@@ -61,6 +61,16 @@ def _check_ratio(name: str, value: float) -> float:
     return float(value)
 
 
+def check_target(target_macs_reduction: float) -> None:
+    """Raises ValueError unless the MACs reduction target is in (0, 1)."""
+    if not isinstance(target_macs_reduction, int | float) or not (
+        0.0 < target_macs_reduction < 1.0
+    ):
+        raise ValueError(
+            f"`target_macs_reduction` must be in (0, 1), got {target_macs_reduction!r}."
+        )
+
+
 def select_groups(
     graph: ChannelGraph, ignored_layers: Iterable[Any] = (), prune_residual: bool = True
 ) -> list[ChannelGroup]:
@@ -101,43 +111,39 @@ def per_layer_ratios(
 
 
 class MacsModel:
-    """Estimates a compact model's MACs from the original profile and kept widths.
+    """Exact MACs of the compact model a keep-count map would give, without building it.
 
-    A conv/dense layer's MACs scale with (kept inputs / inputs) x (kept outputs /
-    outputs); every other layer's with its kept outputs. Exact for convs and
-    dense layers, close for bias and BN terms; :func:`prune_once` checks the
-    real figure of the built model.
+    Every call of a counted layer is re-priced by :func:`layer_macs` with its
+    input and output channel counts replaced by the kept ones.
     """
 
     def __init__(self, model: keras.Model, graph: ChannelGraph):
         self.graph = graph
-        report = profile(model)
-        self.total = report.total_macs
-        by_name = {p.name: p.macs for p in report.layers}
-        self.terms = []
+        self.total = profile(model).total_macs
+        self.terms: list[tuple[Any, LayerCall]] = []
         self.terms_of_group: dict[int, list[int]] = {}
         for call in graph.iter_calls():
-            macs = by_name.get(call.path, 0)
-            if not (macs and call.in_layouts and call.out_layouts):
+            if not (call.in_layouts and call.out_layouts):
                 continue
-            producer = isinstance(registry.rule_for(call.layer), registry.ProducerRule)
-            layouts = [call.out_layouts[0]] + ([call.in_layouts[0]] if producer else [])
+            if layer_macs(call.layer, call.in_shapes, call.out_shapes, call.path) == 0:
+                continue
+            layouts = (call.in_layouts[0], call.out_layouts[0])
             for root in {graph.find(s) for lay in layouts for s in lay.spaces}:
                 self.terms_of_group.setdefault(root, []).append(len(self.terms))
-            self.terms.append((macs / len(graph.calls[id(call.layer)]), layouts))
-        self.fixed = self.total - sum(m for m, _ in self.terms)
+            self.terms.append(call)
+        self.fixed = self.total - sum(self._term(i, {}) for i in range(len(self.terms)))
 
-    def _term(self, index: int, counts: Mapping[int, int]) -> float:
+    def _term(self, index: int, counts: Mapping[int, int]) -> int:
         def count_of(space: int, size: int) -> int:
             return counts.get(self.graph.find(space), size)
 
-        macs, layouts = self.terms[index]
-        for layout in layouts:
-            macs *= layout.kept_width(count_of) / max(layout.width, 1)
-        return macs
+        call = self.terms[index]
+        in_shape = (*call.in_shapes[0][:-1], call.in_layouts[0].kept_width(count_of))
+        out_shape = (*call.out_shapes[0][:-1], call.out_layouts[0].kept_width(count_of))
+        return layer_macs(call.layer, [in_shape], [out_shape], call.path)
 
     def estimate(self, counts: Mapping[int, int]) -> float:
-        """Estimated MACs when group ``g`` keeps ``counts[g]`` channels (others all)."""
+        """MACs when group ``g`` keeps ``counts[g]`` channels (others all)."""
         return self.fixed + sum(self._term(i, counts) for i in range(len(self.terms)))
 
     def delta(self, counts: Mapping[int, int], group: int, new_count: int) -> float:
@@ -268,10 +274,8 @@ def prune_once(
     if criterion not in criteria.CRITERIA:
         raise ValueError(f"Unknown criterion {criterion!r}; choose one of {criteria.CRITERIA}.")
     keep_ratio = _check_ratio("keep_ratio", keep_ratio)
-    if target_macs_reduction is not None and not (0.0 < target_macs_reduction < 1.0):
-        raise ValueError(
-            f"`target_macs_reduction` must be in (0, 1), got {target_macs_reduction!r}."
-        )
+    if target_macs_reduction is not None:
+        check_target(target_macs_reduction)
     if int(round_to) < 1 or int(min_filters) < 1:
         raise ValueError("`round_to` and `min_filters` must be positive integers.")
     if criterion == "taylor" and data is None:
