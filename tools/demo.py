@@ -1,15 +1,25 @@
 r"""Demo: prune -> train -> strip -> export -> report, on real Fashion-MNIST.
 
-Trains the reference Fashion-MNIST CNN, prunes it once to at least 2x fewer
-MACs (L1 criterion, widths multiples of 8), fine-tunes it, re-estimates the
-BatchNorm statistics before every evaluation, exports both models to TFLite
-and measures their latency interleaved, then writes the compact model as
+Trains the reference Fashion-MNIST CNN (the "original" row), then a compact
+one with at least 2x fewer MACs (widths multiples of 8), by one of:
+
+* ``--method l1`` (default; or l2, bn_gamma, fpgm, random, taylor):
+  ``tffp.prune_once`` on the trained original, then fine-tuning for
+  ``--finetune_epochs``.
+* ``--method dcff``: DCFF wraps the convs with ``tffp.prune_filters``
+  and trains the compact network from scratch for the same number of epochs,
+  with the ``UpdateFilterPruning`` callback; ``tffp.strip_filter_pruning``
+  then gives the plain compact model (checked equal to the wrapped one).
+
+BatchNorm statistics are re-estimated before every evaluation. Both models are
+exported to TFLite and timed interleaved; the compact one is written as
 ``.keras``, SavedModel and ``.tflite`` with a JSON report.
 
 Usage:
 
-    .venv/bin/python tools/demo.py                      # about 5 minutes on 2 cores
-    .venv/bin/python tools/demo.py --epochs 1 --finetune_epochs 1 --train_limit 5000
+    .venv/bin/python tools/demo.py                      # about 6 minutes on 2 cores
+    .venv/bin/python tools/demo.py --method dcff --epochs 5   # DCFF, about 8 minutes
+    .venv/bin/python tools/demo.py --epochs 1 --train_limit 5000   # a quick look
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ from absl import app, flags, logging  # noqa: E402
 import tf_filterprune as tffp  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("epochs", 3, "Epochs of training before pruning.")
-flags.DEFINE_integer("finetune_epochs", 2, "Epochs of fine-tuning after pruning.")
+flags.DEFINE_string(
+    "method", "l1", "A one-shot criterion (l1, l2, bn_gamma, fpgm, random, taylor) or dcff."
+)
+flags.DEFINE_integer("epochs", 3, "Epochs of training (original model; DCFF's compact model).")
+flags.DEFINE_integer("finetune_epochs", 2, "One-shot methods: fine-tuning epochs after the cut.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("lr", 2e-3, "Peak learning rate (Adam, cosine decay to 1% of it).")
 flags.DEFINE_float("target_macs_reduction", 0.5, "Fraction of MACs to remove.")
@@ -53,11 +66,13 @@ def compile_for(model: keras.Model, epochs: int, steps_per_epoch: int, lr: float
     )
 
 
-def train(model, train_ds, epochs: int, lr: float, label: str) -> None:
+def train(model, train_ds, epochs: int, lr: float, label: str, callbacks=()) -> None:
     steps = int(train_ds.cardinality())
     compile_for(model, epochs, steps, lr)
     print(f"\n== {label}: {epochs} epoch(s) of {steps} steps")
-    model.fit(train_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(
+        train_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2, callbacks=list(callbacks)
+    )
 
 
 def accuracy(model, train_ds, test_ds) -> float:
@@ -66,6 +81,44 @@ def accuracy(model, train_ds, test_ds) -> float:
     if not model.compiled:
         compile_for(model, 1, 1, FLAGS.lr)
     return float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
+
+
+def train_dcff(train_ds, bn_ds, test_ds):
+    """DCFF: the compact network trained from scratch, then stripped."""
+    fresh = tffp.models.fashion_cnn()
+    wrapped = tffp.prune_filters(
+        fresh,
+        tffp.DCFF(),
+        target_macs_reduction=FLAGS.target_macs_reduction,
+        round_to=FLAGS.round_to,
+    )
+    train(
+        wrapped,
+        train_ds,
+        FLAGS.epochs,
+        FLAGS.lr,
+        "training the compact CNN with DCFF (filter fusion, temperature 1 -> 1e4)",
+        callbacks=[tffp.callbacks.UpdateFilterPruning()],
+    )
+    x = next(iter(test_ds))[0]
+    compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x)
+    print(f"stripped: max |wrapped - compact| = {diff:.2e} on a test batch")
+    return compact, None
+
+
+def prune_and_finetune(model, train_ds, bn_ds, test_ds):
+    """One-shot pruning of the trained model, then fine-tuning."""
+    print(f"\n== pruning once ({FLAGS.method}) to {FLAGS.target_macs_reduction:.0%} fewer MACs")
+    compact = tffp.prune_once(
+        model,
+        FLAGS.method,
+        target_macs_reduction=FLAGS.target_macs_reduction,
+        round_to=FLAGS.round_to,
+        data=train_ds if FLAGS.method == "taylor" else None,
+    )
+    pruned_acc = accuracy(compact, bn_ds, test_ds)
+    train(compact, train_ds, FLAGS.finetune_epochs, FLAGS.lr / 2, "fine-tuning the compact CNN")
+    return compact, pruned_acc
 
 
 def main(argv):
@@ -85,16 +138,10 @@ def main(argv):
     train(model, train_ds, FLAGS.epochs, FLAGS.lr, "training the reference CNN")
     dense_acc = accuracy(model, bn_ds, test_ds)
 
-    print(f"\n== pruning once ({FLAGS.criterion}) to {FLAGS.target_macs_reduction:.0%} fewer MACs")
-    compact = tffp.prune_once(
-        model,
-        FLAGS.criterion,
-        target_macs_reduction=FLAGS.target_macs_reduction,
-        round_to=FLAGS.round_to,
-        data=train_ds if FLAGS.criterion == "taylor" else None,
-    )
-    pruned_acc = accuracy(compact, bn_ds, test_ds)
-    train(compact, train_ds, FLAGS.finetune_epochs, FLAGS.lr / 2, "fine-tuning the compact CNN")
+    if FLAGS.method == "dcff":
+        compact, pruned_acc = train_dcff(train_ds, bn_ds, test_ds)
+    else:
+        compact, pruned_acc = prune_and_finetune(model, train_ds, bn_ds, test_ds)
     final_acc = accuracy(compact, bn_ds, test_ds)
 
     print("\n== exporting")
@@ -115,7 +162,9 @@ def main(argv):
             "tflite_bytes": len(blobs[name]),
             "latency_ms": latency[name].median_ms,
         }
-    report["rows"]["compact"]["accuracy_right_after_pruning"] = pruned_acc
+    report["method"] = FLAGS.method
+    if pruned_acc is not None:
+        report["rows"]["compact"]["accuracy_right_after_pruning"] = pruned_acc
     report["widths"] = {
         layer.name: layer.filters
         for layer in compact.layers
@@ -139,8 +188,11 @@ def print_report(report: dict) -> None:
     ):
         ratio = comp[key] / orig[key] if orig[key] else float("nan")
         print(f"{key:22}{fmt.format(orig[key]):>12}{fmt.format(comp[key]):>12}{ratio:>8.3f}")
-    print(f"{'accuracy after cut':22}{'':>12}{comp['accuracy_right_after_pruning']:>12.4f}")
-    print(f"compact conv widths: {report['widths']}  ({report['seconds']} s in all)")
+    if "accuracy_right_after_pruning" in comp:
+        after = comp["accuracy_right_after_pruning"]
+        print(f"{'accuracy after cut':22}{'':>12}{after:>12.4f}")
+    print(f"method {report['method']}; compact conv widths: {report['widths']}")
+    print(f"({report['seconds']} s in all)")
 
 
 if __name__ == "__main__":
