@@ -1,0 +1,125 @@
+"""Smoke tests of tools/benchmark.py (the method comparison) on a tiny Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import tf_filterprune as tffp
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _fashion_mnist_present() -> bool:
+    try:
+        tffp.data.load_fashion_mnist("test")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _fashion_mnist_present(), reason="Fashion-MNIST IDX files are not installed"
+)
+
+
+def _load_tool():
+    """Imports tools/benchmark.py once per process (it defines absl flags)."""
+    name = "tffp_benchmark_tool"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, TOOLS / "benchmark.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+bench = _load_tool()
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    """A run of a few training steps, small BN and test sets, short timings."""
+    settings = dict(
+        output_dir=tmp_path,
+        rows=("unpruned", "l1_finetune", "scratch"),
+        seeds=(0,),
+        epochs=2,
+        pretrain_epochs=1,
+        train_limit=256,
+        test_limit=256,
+        bn_steps=2,
+        latency_rounds=2,
+        timing_steps=2,
+        timing_skip=1,
+        verbose=0,
+    )
+    settings.update(overrides)
+    return bench.BenchmarkConfig(**settings)
+
+
+def read_runs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_rows_summaries_and_resume(tmp_path):
+    config = tiny_config(tmp_path)
+    outcome = bench.run_benchmark(config)
+    assert outcome["ran"] == [("unpruned", 0), ("l1_finetune", 0), ("scratch", 0)]
+
+    runs = {r["row"]: r for r in read_runs(tmp_path / "runs.jsonl")}
+    assert sorted(runs) == ["l1_finetune", "scratch", "unpruned"]
+    for record in runs.values():
+        assert record["seed"] == 0
+        assert 0.0 <= record["accuracy"] <= 1.0
+        assert record["tflite_bytes"] > 0 and record["latency_ms"] > 0
+        assert record["config"] == config.recorded()
+        assert (tmp_path / record["tflite_file"]).exists()
+        assert (tmp_path / record["model_file"]).exists()
+    assert "tensorflow_model_optimization" not in sys.modules  # tfmot stayed in the child
+    assert runs["unpruned"]["macs_ratio"] == 1.0 and runs["unpruned"]["latency_ratio"] == 1.0
+    assert runs["unpruned"]["accuracy_after_cut"] is None
+    assert 0.0 <= runs["l1_finetune"]["accuracy_after_cut"] <= 1.0
+    for row in ("l1_finetune", "scratch"):
+        assert 0.4 <= runs[row]["macs_ratio"] <= 0.5
+        assert runs[row]["tflite_bytes"] < runs["unpruned"]["tflite_bytes"]
+    assert runs["scratch"]["widths"] == runs["l1_finetune"]["widths"]
+
+    with (tmp_path / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert [line["row"] for line in summary] == ["unpruned", "l1_finetune", "scratch"]
+    assert "| l1_finetune |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "accuracy_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = bench.run_benchmark(config)  # resumed: every pair is done
+    assert again["ran"] == []
+    assert len(read_runs(tmp_path / "runs.jsonl")) == 3
+
+
+def test_pending_pairs_respects_settings_and_overwrite(tmp_path):
+    config = tiny_config(tmp_path, rows=("unpruned", "scratch"), seeds=(0, 1))
+    done = {"row": "unpruned", "seed": 0, "config": config.recorded()}
+    other = {"row": "scratch", "seed": 0, "config": {**config.recorded(), "epochs": 9}}
+    bench.write_records(config.runs_path, [done, other])
+    assert bench.pending_pairs(config) == [("unpruned", 1), ("scratch", 0), ("scratch", 1)]
+
+    overwrite = tiny_config(tmp_path, rows=("unpruned",), seeds=(0,), overwrite=True)
+    assert bench.pending_pairs(overwrite) == [("unpruned", 0)]
+    assert read_runs(config.runs_path) == [other]  # the rerun pair's old record is gone
+
+
+def test_mean_std_and_ratio():
+    assert bench.mean_std([1.0, 3.0, None]) == (2.0, pytest.approx(2**0.5))
+    assert bench.mean_std([0.5]) == (0.5, 0.0)
+    assert bench.mean_std([None]) == (None, None)
+    assert bench.ratio(1.0, 4.0) == 0.25 and bench.ratio(None, 4.0) is None
+
+
+def test_dcff_row_has_the_l1_widths(tmp_path):
+    config = tiny_config(tmp_path)
+    compact = tffp.strip_filter_pruning(bench.dcff_wrap(config))
+    assert bench.conv_widths(compact) == bench.conv_widths(bench.compact_architecture(config))
