@@ -77,7 +77,7 @@ def test_resnet20_wrap_fit_strip():
 
 def test_keras_application_wrap_fit_strip():
     model = keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35, classifier_activation=None
     )
     wrapped, compact = fit_and_strip(model, (32, 32, 3), epochs=1, round_to=8)
     full = tffp.profile(model).total_macs

@@ -231,7 +231,9 @@ def train(
     if epochs <= 0:
         return
     compile_model(model, epochs * int(dataset.cardinality()), config.lr)
-    model.fit(dataset, epochs=epochs, verbose=config.verbose, callbacks=list(callbacks))
+    model.fit(  # the dataset shuffles itself each epoch
+        dataset, epochs=epochs, verbose=config.verbose, callbacks=list(callbacks), shuffle=False
+    )
 
 
 def evaluate(model: keras.Model, data: Data) -> float:

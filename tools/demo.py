@@ -70,9 +70,9 @@ def train(model, train_ds, epochs: int, lr: float, label: str, callbacks=()) -> 
     steps = int(train_ds.cardinality())
     compile_for(model, epochs, steps, lr)
     print(f"\n== {label}: {epochs} epoch(s) of {steps} steps")
-    model.fit(
-        train_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2, callbacks=list(callbacks)
-    )
+    verbose = 1 if sys.stdout.isatty() else 2
+    # The dataset shuffles itself each epoch; shuffle=False only silences Keras's warning.
+    model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=list(callbacks), shuffle=False)
 
 
 def accuracy(model, train_ds, test_ds) -> float:
