@@ -742,7 +742,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     """Runs the pending (row, seed) pairs, then latency and summaries.
 
     Returns:
-        ``{"ran": [(row, seed), ...], "skipped": [(row, reason), ...],
+        ``{"ran": [(row, seed), ...],
         "summary": [...], "seconds": float}``.
     """
     started = time.time()
@@ -752,7 +752,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     print(f"{len(pending)} (row, seed) pair(s) to run: {pending}")
     dense = tffp.profile(tffp.models.fashion_cnn())
     data = load_data(config) if pending else None
-    ran, skipped = [], []
+    ran = []
     for index, (row, seed) in enumerate(pending, start=1):
         print(f"\n== [{index}/{len(pending)}] {row}, seed {seed} ({time.time() - started:.0f} s)")
         record = run_pair(data, row, seed, dense)
@@ -763,7 +763,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
             f"{record['seconds']:.0f} s"
         )
     summary = write_outputs(config)
-    return {"ran": ran, "skipped": skipped, "summary": summary, "seconds": time.time() - started}
+    return {"ran": ran, "summary": summary, "seconds": time.time() - started}
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -808,8 +808,6 @@ def main(argv: list[str]) -> None:
     outcome = run_benchmark(config)
     print(f"\n{settings_text(config)}\n")
     print(markdown_table(outcome["summary"]))
-    for row, reason in outcome["skipped"]:
-        print(f"skipped {row}: {reason}")
     minutes = outcome["seconds"] / 60
     print(f"ran {len(outcome['ran'])} pair(s) in {minutes:.1f} min; results in {config.output_dir}")
 
