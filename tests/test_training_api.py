@@ -242,3 +242,21 @@ def test_target_macs_reduction_allocates_wrapped_widths():
     assert 0.42 <= ratio <= 0.5
     with pytest.raises(ValueError, match="target_macs_reduction"):
         tffp.prune_filters(model, tffp.DCFF(), target_macs_reduction=1.2)
+
+
+class StepRecordingDCFF(tffp.DCFF):
+    seen: list = []
+
+    def on_step_end(self, wrapper, step):
+        StepRecordingDCFF.seen.append((wrapper.name, step))
+
+
+def test_per_step_hook_sees_the_graph_step_counter():
+    StepRecordingDCFF.seen = []
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), StepRecordingDCFF(0.5)))
+    x, y = tiny_data((16, 16, 3), n=16)
+    wrapped.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
+    )
+    assert [step for name, step in StepRecordingDCFF.seen if name == "c1"] == [1, 2, 3, 4]
+    assert not tffp.DCFF().has_step_updates()

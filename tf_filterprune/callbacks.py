@@ -36,10 +36,9 @@ class UpdateFilterPruning(keras.callbacks.Callback):
             wrapper.epoch.assign(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
-        for wrapper in self._wrappers:
-            step = int(wrapper.step.numpy()) + 1
-            wrapper.step.assign(step)
-            wrapper.method.on_step_end(wrapper, step)
+        for wrapper in self._wrappers:  # the wrapper counts its steps itself, in the graph
+            if wrapper.method.has_step_updates():
+                wrapper.method.on_step_end(wrapper, int(wrapper.step.numpy()))
 
 
 class FilterPruningSummaries(keras.callbacks.Callback):

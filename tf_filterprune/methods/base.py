@@ -48,7 +48,11 @@ class PruningMethod:
         """Per-epoch update (runs eagerly, from the callback)."""
 
     def on_step_end(self, wrapper: FilterPruningWrapper, step: int) -> None:
-        """Per-step update (runs eagerly, from the callback)."""
+        """Per-step update (runs eagerly, from the callback, only if a method overrides it)."""
+
+    def has_step_updates(self) -> bool:
+        """True when the method overrides :meth:`on_step_end`."""
+        return type(self).on_step_end is not PruningMethod.on_step_end
 
     def summaries(self, wrapper: FilterPruningWrapper) -> dict[str, Any]:
         """Scalars / arrays for TensorBoard."""
@@ -111,7 +115,12 @@ class FilterPruningWrapper(keras.layers.Wrapper):
         )
         self.epoch.assign(-1)
         self.step = self.add_weight(
-            name="step", shape=(), dtype="int64", initializer="zeros", trainable=False
+            name="step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         self.method.create_state(self)
 
@@ -124,6 +133,7 @@ class FilterPruningWrapper(keras.layers.Wrapper):
                     "model.fit(..., callbacks=[tffp.callbacks.UpdateFilterPruning()])."
                 ),
             )
+            self.step.assign_add(1)  # in the graph: no per-step eager work in the callback
         conv = self.layer
         kernel, bias = self.method.effective_weights(
             self, conv.kernel, conv.bias if conv.use_bias else None
