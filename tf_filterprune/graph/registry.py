@@ -250,6 +250,22 @@ class ConcatenateRule(LayerRule):
         return [Layout(tuple(seg for lay in in_layouts for seg in lay.segments))]
 
 
+def weights_with_axes(
+    layer: keras.Layer, values: list | None = None
+) -> list[tuple[str, Any, dict[int, str] | None]]:
+    """``(name, value, {axis: side} or None)`` for every weight of a registered layer.
+
+    ``values`` replaces the layer's own weights (e.g. gradients); the axes are
+    None for a weight the layer's rule does not know.
+    """
+    axes_by_name = rule_for(layer).axes_for(layer)
+    values = layer.get_weights() if values is None else values
+    return [
+        (variable.name.split("/")[-1], value, axes_by_name.get(variable.name.split("/")[-1]))
+        for variable, value in zip(layer.weights, values, strict=True)
+    ]
+
+
 def _only_channel_axis(axis: int | list | tuple, node: Any) -> bool:
     """True when ``axis`` names only the last (channel) axis of the call's input."""
     axes = list(axis) if isinstance(axis, list | tuple) else [axis]

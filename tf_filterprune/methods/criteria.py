@@ -39,12 +39,9 @@ def filter_matrix(layer: keras.Layer, values: list[np.ndarray] | None = None) ->
     Uses every kernel weight with an output-channel axis (``kernel``,
     ``pointwise_kernel``); ``values`` replaces the layer's weights (e.g. gradients).
     """
-    axes_by_name = registry.rule_for(layer).axes_for(layer)
-    values = layer.get_weights() if values is None else values
     rows = []
-    for variable, value in zip(layer.weights, values, strict=True):
-        name = variable.name.split("/")[-1]
-        out_axes = [a for a, side in axes_by_name.get(name, {}).items() if side == registry.OUT]
+    for name, value, axes in registry.weights_with_axes(layer, values):
+        out_axes = [a for a, side in (axes or {}).items() if side == registry.OUT]
         if out_axes and name.endswith("kernel"):
             moved = np.moveaxis(np.asarray(value), out_axes[0], 0)
             rows.append(moved.reshape(moved.shape[0], -1))

@@ -70,11 +70,8 @@ def plan_cuts(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> dict[int, 
 
 def slice_weights(layer: keras.Layer, cut: LayerCut) -> list[np.ndarray]:
     """The layer's weights with the cut applied on every channel axis."""
-    axes_by_name = registry.rule_for(layer).axes_for(layer)
     sliced = []
-    for variable, value in zip(layer.weights, layer.get_weights(), strict=True):
-        name = variable.name.split("/")[-1]
-        axes = axes_by_name.get(name)
+    for name, value, axes in registry.weights_with_axes(layer):
         if axes is None:
             raise ValueError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) has a weight '{name}' that the "
@@ -175,10 +172,8 @@ def zeroed_copy(
         layer = _find_clone(copy, call.path)
         is_norm = isinstance(registry.rule_for(layer), registry.NormalizationRule)
         values = []
-        axes_by_name = registry.rule_for(layer).axes_for(layer)
-        for variable, value in zip(layer.weights, layer.get_weights(), strict=True):
-            name = variable.name.split("/")[-1]
-            for axis, side in axes_by_name.get(name, {}).items():
+        for name, value, axes in registry.weights_with_axes(layer):
+            for axis, side in (axes or {}).items():
                 zero_side = side == registry.OUT or (is_norm and name in ("gamma", "beta"))
                 width = value.shape[axis]
                 removed = _removed(cut.side(side), width) if zero_side else None
