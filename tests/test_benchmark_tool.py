@@ -123,3 +123,20 @@ def test_dcff_row_has_the_l1_widths(tmp_path):
     config = tiny_config(tmp_path)
     compact = tffp.strip_filter_pruning(bench.dcff_wrap(config))
     assert bench.conv_widths(compact) == bench.conv_widths(bench.compact_architecture(config))
+
+
+def test_demo_runs_end_to_end_with_dcff(tmp_path):
+    """The README's first command, on a small subset: DCFF -> strip -> export -> report."""
+    import subprocess
+
+    out = tmp_path / "demo"
+    command = [sys.executable, str(TOOLS / "demo.py"), "--epochs", "1", "--train_limit", "1024"]
+    command += ["--bn_steps", "2", "--latency_rounds", "1", "--output_dir", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "dcff"
+    original, compact = report["rows"]["original"], report["rows"]["compact"]
+    assert compact["macs"] <= 0.5 * original["macs"]
+    assert compact["tflite_bytes"] < 0.6 * original["tflite_bytes"]
+    assert all(width % 8 == 0 for width in report["widths"].values())
+    assert (out / "compact.tflite").exists() and (out / "compact_saved_model").is_dir()

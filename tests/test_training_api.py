@@ -161,10 +161,15 @@ def test_bad_keep_ratio(ratio):
 
 
 def test_config_round_trips():
-    method = tffp.DCFF(keep_ratio=0.3, temperature=tffp.schedules.SigmoidTemperature(10, t_end=50))
+    method = tffp.DCFF(
+        keep_ratio=0.3,
+        temperature=tffp.schedules.SigmoidTemperature(10, t_end=50),
+        updates_per_epoch=4,
+    )
     again = tffp.DCFF.from_config(method.get_config())
     assert (
         again.keep_ratio == 0.3
+        and again.updates_per_epoch == 4
         and again.temperature.get_config() == method.temperature.get_config()
     )
     wrapper = tffp.FilterPruningWrapper(L.Conv2D(8, 3, name="c"), method, out_channels=3)
@@ -247,8 +252,11 @@ def test_target_macs_reduction_allocates_wrapped_widths():
 class StepRecordingDCFF(tffp.DCFF):
     seen: list = []
 
-    def on_step_end(self, wrapper, step):
-        StepRecordingDCFF.seen.append((wrapper.name, step))
+    def has_step_updates(self):
+        return True
+
+    def on_step_end(self, wrapper, progress):
+        StepRecordingDCFF.seen.append((wrapper.name, progress.step, progress.epoch_fraction))
 
 
 def test_per_step_hook_sees_the_graph_step_counter():
@@ -258,5 +266,41 @@ def test_per_step_hook_sees_the_graph_step_counter():
     wrapped.fit(
         x, y, batch_size=8, epochs=2, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
     )
-    assert [step for name, step in StepRecordingDCFF.seen if name == "c1"] == [1, 2, 3, 4]
+    seen = [(step, fraction) for name, step, fraction in StepRecordingDCFF.seen if name == "c1"]
+    assert seen == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0)]
     assert not tffp.DCFF().has_step_updates()
+
+
+def test_updates_within_the_epoch_use_the_fractional_epoch():
+    schedule = tffp.schedules.SigmoidTemperature(total_epochs=2)
+    method = tffp.DCFF(0.5, temperature=schedule, updates_per_epoch=4)
+    assert method.has_step_updates()
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), method))
+    x, y = tiny_data((16, 16, 3), n=64)  # 8 steps per epoch: updates after steps 2, 4, 6
+    wrapped.fit(
+        x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
+    )
+    c1 = wrapped.get_layer("c1")
+    assert float(c1.temperature.numpy()) == pytest.approx(schedule(0.75), rel=1e-6)
+    expected, p_sel = dcff.select_filters(c1.layer.kernel.numpy(), 8, schedule(0.75))
+    assert float(c1.temperature.numpy()) > 1.0 and p_sel.shape == (8, 16)
+    compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:8])
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5])
+def test_bad_updates_per_epoch(value):
+    with pytest.raises(ValueError, match="updates_per_epoch"):
+        tffp.DCFF(updates_per_epoch=value)
+
+
+def test_updates_within_the_epoch_need_its_length():
+    wrapped = compile_model(
+        tffp.prune_filters(vgg_sequential(), tffp.DCFF(0.5, updates_per_epoch=2))
+    )
+    x, y = tiny_data((16, 16, 3), n=16)
+    unknown_length = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        wrapped.fit(
+            unknown_length, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
+        )

@@ -25,7 +25,7 @@ from tf_filterprune.api import (
 )
 from tf_filterprune.batchnorm import recalibrate_batchnorm
 from tf_filterprune.graph import build_graph, register_layer
-from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
+from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod, TrainingProgress
 from tf_filterprune.methods.dcff import DCFF
 from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
@@ -38,6 +38,7 @@ __all__ = [
     "DCFF",
     "FilterPruningWrapper",
     "PruningMethod",
+    "TrainingProgress",
     "build_graph",
     "callbacks",
     "custom_objects",

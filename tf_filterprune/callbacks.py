@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_filterprune.methods.base import wrappers_of
+from tf_filterprune.methods.base import TrainingProgress, wrappers_of
 
 
 class UpdateFilterPruning(keras.callbacks.Callback):
@@ -23,6 +23,8 @@ class UpdateFilterPruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = wrappers_of(self.model)
+        self._stepped = [w for w in self._wrappers if w.method.has_step_updates()]
+        self._epoch = 0
         if not self._wrappers:
             raise ValueError(
                 "UpdateFilterPruning: the model has no filter-pruning wrapper; "
@@ -30,15 +32,23 @@ class UpdateFilterPruning(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         total = self.params.get("epochs") if self.params else None
         for wrapper in self._wrappers:
             wrapper.method.on_epoch_begin(wrapper, epoch, total)
             wrapper.epoch.assign(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
-        for wrapper in self._wrappers:  # the wrapper counts its steps itself, in the graph
-            if wrapper.method.has_step_updates():
-                wrapper.method.on_step_end(wrapper, int(wrapper.step.numpy()))
+        params = self.params or {}
+        for wrapper in self._stepped:  # the wrapper counts its steps itself, in the graph
+            progress = TrainingProgress(
+                step=int(wrapper.step.numpy()),
+                epoch=self._epoch,
+                batch=int(batch),
+                steps_per_epoch=params.get("steps"),
+                total_epochs=params.get("epochs"),
+            )
+            wrapper.method.on_step_end(wrapper, progress)
 
 
 class FilterPruningSummaries(keras.callbacks.Callback):

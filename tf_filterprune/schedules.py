@@ -18,7 +18,7 @@ import keras
 class Schedule:
     """A value per epoch; subclasses implement ``__call__`` and ``get_config``."""
 
-    def __call__(self, epoch: int, total_epochs: int | None = None) -> float:
+    def __call__(self, epoch: float, total_epochs: int | None = None) -> float:
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -56,7 +56,7 @@ class SigmoidTemperature(Schedule):
         self.total_epochs = total_epochs
         self.t_start, self.t_end, self.k = float(t_start), float(t_end), float(k)
 
-    def __call__(self, epoch: int, total_epochs: int | None = None) -> float:
+    def __call__(self, epoch: float, total_epochs: int | None = None) -> float:
         total = self.total_epochs or total_epochs
         if not total:
             raise ValueError(

@@ -15,7 +15,10 @@ every evaluation, several seeds. Rows:
   parameter sparsity, in a tf_keras subprocess (``tools/tfmot_baseline.py``).
 - ``dcff``: DCFF (``tffp.DCFF`` through ``tffp.prune_filters`` with the same
   ``target_macs_reduction`` and ``round_to``, so the same widths as the L1 cut)
-  trains the compact network from scratch for ``--epochs``.
+  trains the compact network from scratch for ``--epochs``, updating the
+  selection and fusion once per epoch as the paper does.
+- ``dcff_steps``: the same with 10 updates per epoch
+  (``tffp.DCFF(updates_per_epoch=10)``, temperature at the fractional epoch).
 
 Every (row, seed) pair appends one JSON line to ``runs.jsonl`` in
 ``--output_dir``; a rerun skips the pairs already there (same settings) unless
@@ -56,8 +59,11 @@ from absl import app, flags, logging  # noqa: E402
 
 import tf_filterprune as tffp  # noqa: E402
 
-ROWS: tuple[str, ...] = ("unpruned", "l1_finetune", "scratch", "tfmot", "dcff")
+ROWS: tuple[str, ...] = ("unpruned", "l1_finetune", "scratch", "tfmot", "dcff", "dcff_steps")
 """Every row of the comparison, in table order."""
+
+DCFF_STEP_UPDATES = 10
+"""``updates_per_epoch`` of the ``dcff_steps`` row."""
 
 
 RECORDED_SETTINGS: tuple[str, ...] = (
@@ -311,21 +317,21 @@ def run_scratch(data: Data, seed: int) -> RowResult:
     return RowResult({"accuracy": evaluate(model, data)}, model=model)
 
 
-def dcff_wrap(config: BenchmarkConfig) -> keras.Model:
+def dcff_wrap(config: BenchmarkConfig, updates_per_epoch: int = 1) -> keras.Model:
     """A fresh CNN wrapped for DCFF at the MACs target (widths allocated as prune_once's)."""
     return tffp.prune_filters(
         tffp.models.fashion_cnn(),
-        tffp.DCFF(),
+        tffp.DCFF(updates_per_epoch=updates_per_epoch),
         target_macs_reduction=config.macs_reduction,
         round_to=config.round_to,
     )
 
 
-def run_dcff(data: Data, seed: int) -> RowResult:
+def run_dcff(data: Data, seed: int, updates_per_epoch: int = 1) -> RowResult:
     """DCFF trains the compact network from scratch for all epochs."""
     config = data.config
     keras.utils.set_random_seed(seed)
-    wrapped = dcff_wrap(config)
+    wrapped = dcff_wrap(config, updates_per_epoch)
     timer = StepTimer(config.timing_skip)
     callbacks = [tffp.callbacks.UpdateFilterPruning(), timer]
     train(wrapped, data.train(seed), config.epochs, config, callbacks=callbacks)
@@ -433,6 +439,7 @@ ROW_FUNCTIONS: dict[str, Callable[[Data, int], RowResult]] = {
     "scratch": run_scratch,
     "tfmot": run_tfmot,
     "dcff": run_dcff,
+    "dcff_steps": lambda data, seed: run_dcff(data, seed, DCFF_STEP_UPDATES),
 }
 
 

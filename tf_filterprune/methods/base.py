@@ -9,11 +9,38 @@ with the model, restored on load and mirrored by ``tf.distribute``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training is when a per-step hook runs (given by the callback).
+
+    Attributes:
+        step: training steps run by the wrapper so far (its in-graph counter).
+        epoch: the current epoch (0-based, as in ``model.fit``).
+        batch: the batch just finished within the epoch (0-based).
+        steps_per_epoch: steps in an epoch, or None when ``fit`` does not know it.
+        total_epochs: the ``epochs`` of the ``fit`` call.
+    """
+
+    step: int
+    epoch: int
+    batch: int
+    steps_per_epoch: int | None
+    total_epochs: int | None
+
+    @property
+    def epoch_fraction(self) -> float | None:
+        """``epoch + (batch + 1) / steps_per_epoch``; None without ``steps_per_epoch``."""
+        if not self.steps_per_epoch:
+            return None
+        return self.epoch + (self.batch + 1) / self.steps_per_epoch
 
 
 class PruningMethod:
@@ -47,11 +74,11 @@ class PruningMethod:
     def on_epoch_begin(self, wrapper: FilterPruningWrapper, epoch: int, total_epochs: int) -> None:
         """Per-epoch update (runs eagerly, from the callback)."""
 
-    def on_step_end(self, wrapper: FilterPruningWrapper, step: int) -> None:
-        """Per-step update (runs eagerly, from the callback, only if a method overrides it)."""
+    def on_step_end(self, wrapper: FilterPruningWrapper, progress: TrainingProgress) -> None:
+        """Per-step update (runs eagerly, from the callback, when :meth:`has_step_updates`)."""
 
     def has_step_updates(self) -> bool:
-        """True when the method overrides :meth:`on_step_end`."""
+        """Whether the callback calls :meth:`on_step_end` (default: when it is overridden)."""
         return type(self).on_step_end is not PruningMethod.on_step_end
 
     def summaries(self, wrapper: FilterPruningWrapper) -> dict[str, Any]:

@@ -15,12 +15,13 @@ log-softmax (see :func:`kl_scores` for why ``log(P + eps)`` is not enough).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
 import numpy as np
 
-from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
+from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod, TrainingProgress
 from tf_filterprune.schedules import Schedule, SigmoidTemperature
 
 
@@ -72,6 +73,14 @@ class DCFF(PruningMethod):
             ``1 - rate``); per-layer ratios are given to ``prune_filters``.
         temperature: a :class:`~tf_filterprune.schedules.Schedule` of the
             temperature per epoch (default: the paper's sigmoid from 1 to 1e4).
+        updates_per_epoch: how often the selection and fusion are recomputed.
+            1 (the paper) updates at the start of each epoch; ``n > 1`` also
+            updates ``n - 1`` times within it, with the temperature taken at the
+            fractional epoch. The paper's schedule keeps T = 1 for all of epoch 0,
+            where every kept filter is a near-uniform mix of all filters: that is
+            1/300 of the paper's training but a fifth of a 5-epoch run, and
+            ``n > 1`` shortens it to ``1/n`` of an epoch (see the README's
+            benchmark for both).
 
     Example:
 
@@ -86,8 +95,18 @@ class DCFF(PruningMethod):
     16
     """
 
-    def __init__(self, keep_ratio: float = 0.5, temperature: Schedule | dict | None = None):
+    def __init__(
+        self,
+        keep_ratio: float = 0.5,
+        temperature: Schedule | dict | None = None,
+        updates_per_epoch: int = 1,
+    ):
         super().__init__(keep_ratio)
+        if not isinstance(updates_per_epoch, int) or updates_per_epoch < 1:
+            raise ValueError(
+                f"DCFF: updates_per_epoch must be an int >= 1, got {updates_per_epoch!r}."
+            )
+        self.updates_per_epoch = updates_per_epoch
         if isinstance(temperature, dict):
             temperature = keras.saving.deserialize_keras_object(temperature)
         self.temperature = temperature or SigmoidTemperature()
@@ -116,6 +135,26 @@ class DCFF(PruningMethod):
         return fused, bias
 
     def on_epoch_begin(self, wrapper, epoch, total_epochs):
+        self._update(wrapper, epoch, total_epochs)
+
+    def has_step_updates(self) -> bool:
+        return self.updates_per_epoch > 1
+
+    def on_step_end(self, wrapper: FilterPruningWrapper, progress: TrainingProgress) -> None:
+        """Updates ``updates_per_epoch - 1`` times within each epoch (the epoch start is the other)."""
+        steps = progress.steps_per_epoch
+        if not steps:
+            raise ValueError(
+                f"DCFF(updates_per_epoch={self.updates_per_epoch}) on '{wrapper.name}' needs the "
+                "number of steps per epoch: pass steps_per_epoch to model.fit (or use a dataset "
+                "of known cardinality), or use updates_per_epoch=1."
+            )
+        done = progress.batch + 1
+        if done < steps and _crosses_update(done, steps, self.updates_per_epoch):
+            self._update(wrapper, progress.epoch_fraction, progress.total_epochs)
+
+    def _update(self, wrapper: FilterPruningWrapper, epoch: float, total_epochs: int | None):
+        """Re-selects the filters and recomputes the fusion at (fractional) ``epoch``."""
         temperature = self.temperature(epoch, total_epochs)
         kernel = keras.ops.convert_to_numpy(wrapper.layer.kernel)
         selected, p_sel = select_filters(kernel, wrapper.out_channels, temperature)
@@ -134,4 +173,11 @@ class DCFF(PruningMethod):
         return {
             "keep_ratio": self.keep_ratio,
             "temperature": keras.saving.serialize_keras_object(self.temperature),
+            "updates_per_epoch": self.updates_per_epoch,
         }
+
+
+def _crosses_update(done: int, steps: int, updates: int) -> bool:
+    """Whether finishing batch ``done`` (1-based) of ``steps`` reaches one of the
+    ``updates`` evenly spaced points of the epoch (``i * steps / updates``)."""
+    return math.floor(done * updates / steps) > math.floor((done - 1) * updates / steps)
