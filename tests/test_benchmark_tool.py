@@ -125,6 +125,13 @@ def test_dcff_row_has_the_l1_widths(tmp_path):
     assert bench.conv_widths(compact) == bench.conv_widths(bench.compact_architecture(config))
 
 
+def test_step_time_ratios_are_measured_and_written(tmp_path):
+    result = bench.measure_step_time_ratios(tiny_config(tmp_path), rounds=1)
+    assert set(result["ratio"]) == {"dcff", "dcff_steps"}
+    assert all(value > 0 for value in result["ratio"].values())
+    assert json.loads((tmp_path / "step_time.json").read_text()) == result
+
+
 def test_demo_runs_end_to_end_with_dcff(tmp_path):
     """The README's first command, on a small subset: DCFF -> strip -> export -> report."""
     import subprocess

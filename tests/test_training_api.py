@@ -302,5 +302,9 @@ def test_updates_within_the_epoch_need_its_length():
     unknown_length = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         wrapped.fit(
-            unknown_length, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
+            unknown_length,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=[tffp.callbacks.UpdateFilterPruning()],
         )

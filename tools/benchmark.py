@@ -100,6 +100,12 @@ flags.DEFINE_integer("latency_rounds", 20, "Interleaved TFLite latency rounds.")
 flags.DEFINE_integer("timing_steps", 100, "Timed steps of the plain model (step-time ratio).")
 flags.DEFINE_integer("timing_skip", 10, "Untimed first steps of every timed fit.")
 flags.DEFINE_enum("tfmot_schedule", "polynomial", ["polynomial", "constant"], "tfmot schedule.")
+flags.DEFINE_integer(
+    "step_time_rounds",
+    0,
+    "Only measure the DCFF train-step ratio: this many interleaved rounds of one epoch "
+    "wrapped (dcff, dcff_steps) and plain; writes step_time.json.",
+)
 flags.DEFINE_integer("verbose", None, "Keras fit verbosity (default: 1 on a terminal, else 2).")
 
 
@@ -805,6 +811,59 @@ def config_from_flags() -> BenchmarkConfig:
     )
 
 
+def timed_epoch(
+    model: keras.Model, dataset: tf.data.Dataset, config: BenchmarkConfig, callbacks=()
+):
+    """Per-step seconds of one epoch of ``model`` (its first ``timing_skip`` steps untimed)."""
+    timer = StepTimer(config.timing_skip)
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[*callbacks, timer], shuffle=False)
+    return timer.seconds
+
+
+def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, Any]:
+    """Train-step time of the DCFF-wrapped CNNs over the plain compact CNN, interleaved.
+
+    Each round trains one epoch of each model in turn, so machine load hits all of
+    them alike; the ratio is of the medians of all timed steps.
+    """
+    dataset = tffp.data.fashion_mnist_dataset(
+        "train", config.batch_size, shuffle=True, limit=config.train_limit, seed=0
+    )
+    steps = int(dataset.cardinality())
+    models = {
+        "dcff": dcff_wrap(config),
+        "dcff_steps": dcff_wrap(config, DCFF_STEP_UPDATES),
+        "plain": keras.models.clone_model(compact_architecture(config)),
+    }
+    for model in models.values():
+        compile_model(model, steps * rounds, config.lr)
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for index in range(rounds):
+        for name, model in models.items():
+            extra = [] if name == "plain" else [tffp.callbacks.UpdateFilterPruning()]
+            seconds[name] += timed_epoch(model, dataset, config, extra)
+        print(
+            f"round {index + 1}/{rounds}: "
+            + ", ".join(
+                f"{name} {statistics.median(s) * 1e3:.1f} ms" for name, s in seconds.items()
+            )
+        )
+    plain = statistics.median(seconds["plain"])
+    result = {
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "median_step_s": {name: statistics.median(s) for name, s in seconds.items()},
+        "ratio": {
+            name: statistics.median(seconds[name]) / plain for name in ("dcff", "dcff_steps")
+        },
+    }
+    path = config.output_dir / "step_time.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"train-step ratio wrapped / plain: {result['ratio']}; wrote {path}")
+    return result
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -812,6 +871,9 @@ def main(argv: list[str]) -> None:
         config = config_from_flags()
     except ValueError as error:
         raise app.UsageError(str(error)) from error
+    if FLAGS.step_time_rounds:
+        measure_step_time_ratios(config, FLAGS.step_time_rounds)
+        return
     outcome = run_benchmark(config)
     print(f"\n{settings_text(config)}\n")
     print(markdown_table(outcome["summary"]))
