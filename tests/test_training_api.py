@@ -256,7 +256,8 @@ class StepRecordingDCFF(tffp.DCFF):
         return True
 
     def on_step_end(self, wrapper, progress):
-        StepRecordingDCFF.seen.append((wrapper.name, progress.step, progress.epoch_fraction))
+        step = int(wrapper.step.numpy())
+        StepRecordingDCFF.seen.append((wrapper.name, step, progress.epoch_fraction))
 
 
 def test_per_step_hook_sees_the_graph_step_counter():

@@ -39,15 +39,16 @@ class UpdateFilterPruning(keras.callbacks.Callback):
             wrapper.epoch.assign(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self._stepped:
+            return
         params = self.params or {}
+        progress = TrainingProgress(
+            epoch=self._epoch,
+            batch=int(batch),
+            steps_per_epoch=params.get("steps"),
+            total_epochs=params.get("epochs"),
+        )
         for wrapper in self._stepped:  # the wrapper counts its steps itself, in the graph
-            progress = TrainingProgress(
-                step=int(wrapper.step.numpy()),
-                epoch=self._epoch,
-                batch=int(batch),
-                steps_per_epoch=params.get("steps"),
-                total_epochs=params.get("epochs"),
-            )
             wrapper.method.on_step_end(wrapper, progress)
 
 

@@ -21,15 +21,16 @@ import tensorflow as tf
 class TrainingProgress:
     """Where training is when a per-step hook runs (given by the callback).
 
+    The wrapper's own step counter is ``wrapper.step`` (a variable, read only
+    by the methods that need it, so the callback does no device read per step).
+
     Attributes:
-        step: training steps run by the wrapper so far (its in-graph counter).
         epoch: the current epoch (0-based, as in ``model.fit``).
         batch: the batch just finished within the epoch (0-based).
         steps_per_epoch: steps in an epoch, or None when ``fit`` does not know it.
         total_epochs: the ``epochs`` of the ``fit`` call.
     """
 
-    step: int
     epoch: int
     batch: int
     steps_per_epoch: int | None
