@@ -186,6 +186,18 @@ def test_temperature_schedule_endpoints():
     assert values == sorted(values)
 
 
+def test_paced_temperature_reads_the_reference_run_at_the_same_fraction():
+    paper = tffp.schedules.SigmoidTemperature(total_epochs=300)
+    paced = tffp.schedules.SigmoidTemperature(reference_epochs=300)
+    for fraction in (0.0, 0.002, 0.01, 0.5, 1.0):
+        assert paced(5 * fraction, total_epochs=5) == pytest.approx(paper(300 * fraction))
+    assert paced(0.1, total_epochs=5) > 0.99e4  # the paper's soft phase ends within 1/50
+    clone = tffp.schedules.SigmoidTemperature.from_config(paced.get_config())
+    assert clone.reference_epochs == 300 and clone(1, total_epochs=5) == paced(1, total_epochs=5)
+    with pytest.raises(ValueError, match="reference_epochs"):
+        tffp.schedules.SigmoidTemperature(reference_epochs=0)
+
+
 def test_selection_stays_finite_and_changes_when_filters_change():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 4, 16))

@@ -19,6 +19,9 @@ every evaluation, several seeds. Rows:
   selection and fusion once per epoch as the paper does.
 - ``dcff_steps``: the same with 10 updates per epoch
   (``tffp.DCFF(updates_per_epoch=10)``, temperature at the fractional epoch).
+- ``dcff_paced``: ``dcff_steps`` with the paper's temperature schedule paced as in its
+  300-epoch runs (``SigmoidTemperature(reference_epochs=300)``): the low-temperature
+  phase takes the same share of training as in the paper instead of the first epoch.
 
 Every (row, seed) pair appends one JSON line to ``runs.jsonl`` in
 ``--output_dir``; a rerun skips the pairs already there (same settings) unless
@@ -59,11 +62,24 @@ from absl import app, flags, logging  # noqa: E402
 
 import tf_filterprune as tffp  # noqa: E402
 
-ROWS: tuple[str, ...] = ("unpruned", "l1_finetune", "scratch", "tfmot", "dcff", "dcff_steps")
-"""Every row of the comparison, in table order."""
-
 DCFF_STEP_UPDATES = 10
-"""``updates_per_epoch`` of the ``dcff_steps`` row."""
+"""``updates_per_epoch`` of the ``dcff_steps`` and ``dcff_paced`` rows."""
+
+PAPER_EPOCHS = 300
+"""Length of the DCFF paper's CIFAR runs, the pace of the ``dcff_paced`` temperature."""
+
+DCFF_VARIANTS: dict[str, Callable[[], tffp.DCFF]] = {
+    "dcff": tffp.DCFF,
+    "dcff_steps": lambda: tffp.DCFF(updates_per_epoch=DCFF_STEP_UPDATES),
+    "dcff_paced": lambda: tffp.DCFF(
+        updates_per_epoch=DCFF_STEP_UPDATES,
+        temperature=tffp.schedules.SigmoidTemperature(reference_epochs=PAPER_EPOCHS),
+    ),
+}
+"""The DCFF rows: row name -> a fresh method."""
+
+ROWS: tuple[str, ...] = ("unpruned", "l1_finetune", "scratch", "tfmot", *DCFF_VARIANTS)
+"""Every row of the comparison, in table order."""
 
 
 RECORDED_SETTINGS: tuple[str, ...] = (
@@ -104,7 +120,7 @@ flags.DEFINE_integer(
     "step_time_rounds",
     0,
     "Only measure the DCFF train-step ratio: this many interleaved rounds of one epoch "
-    "wrapped (dcff, dcff_steps) and plain; writes step_time.json.",
+    "wrapped (every DCFF row) and plain; writes step_time.json.",
 )
 flags.DEFINE_integer("verbose", None, "Keras fit verbosity (default: 1 on a terminal, else 2).")
 
@@ -323,21 +339,21 @@ def run_scratch(data: Data, seed: int) -> RowResult:
     return RowResult({"accuracy": evaluate(model, data)}, model=model)
 
 
-def dcff_wrap(config: BenchmarkConfig, updates_per_epoch: int = 1) -> keras.Model:
+def dcff_wrap(config: BenchmarkConfig, variant: str = "dcff") -> keras.Model:
     """A fresh CNN wrapped for DCFF at the MACs target (widths allocated as prune_once's)."""
     return tffp.prune_filters(
         tffp.models.fashion_cnn(),
-        tffp.DCFF(updates_per_epoch=updates_per_epoch),
+        DCFF_VARIANTS[variant](),
         target_macs_reduction=config.macs_reduction,
         round_to=config.round_to,
     )
 
 
-def run_dcff(data: Data, seed: int, updates_per_epoch: int = 1) -> RowResult:
+def run_dcff(data: Data, seed: int, variant: str = "dcff") -> RowResult:
     """DCFF trains the compact network from scratch for all epochs."""
     config = data.config
     keras.utils.set_random_seed(seed)
-    wrapped = dcff_wrap(config, updates_per_epoch)
+    wrapped = dcff_wrap(config, variant)
     timer = StepTimer(config.timing_skip)
     callbacks = [tffp.callbacks.UpdateFilterPruning(), timer]
     train(wrapped, data.train(seed), config.epochs, config, callbacks=callbacks)
@@ -444,8 +460,10 @@ ROW_FUNCTIONS: dict[str, Callable[[Data, int], RowResult]] = {
     "l1_finetune": run_l1_finetune,
     "scratch": run_scratch,
     "tfmot": run_tfmot,
-    "dcff": run_dcff,
-    "dcff_steps": lambda data, seed: run_dcff(data, seed, DCFF_STEP_UPDATES),
+    **{
+        variant: (lambda data, seed, variant=variant: run_dcff(data, seed, variant))
+        for variant in DCFF_VARIANTS
+    },
 }
 
 
@@ -830,11 +848,8 @@ def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, 
         "train", config.batch_size, shuffle=True, limit=config.train_limit, seed=0
     )
     steps = int(dataset.cardinality())
-    models = {
-        "dcff": dcff_wrap(config),
-        "dcff_steps": dcff_wrap(config, DCFF_STEP_UPDATES),
-        "plain": keras.models.clone_model(compact_architecture(config)),
-    }
+    models = {variant: dcff_wrap(config, variant) for variant in DCFF_VARIANTS}
+    models["plain"] = keras.models.clone_model(compact_architecture(config))
     for model in models.values():
         compile_model(model, steps * rounds, config.lr)
     seconds: dict[str, list[float]] = {name: [] for name in models}
@@ -853,9 +868,7 @@ def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, 
         "rounds": rounds,
         "steps_per_round": steps,
         "median_step_s": {name: statistics.median(s) for name, s in seconds.items()},
-        "ratio": {
-            name: statistics.median(seconds[name]) / plain for name in ("dcff", "dcff_steps")
-        },
+        "ratio": {name: statistics.median(seconds[name]) / plain for name in DCFF_VARIANTS},
     }
     path = config.output_dir / "step_time.json"
     path.parent.mkdir(parents=True, exist_ok=True)
