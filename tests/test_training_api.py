@@ -198,6 +198,19 @@ def test_paced_temperature_reads_the_reference_run_at_the_same_fraction():
         tffp.schedules.SigmoidTemperature(reference_epochs=0)
 
 
+def test_paced_dcff_spreads_the_reference_updates_over_the_run():
+    method = tffp.DCFF.paced(epochs=5, keep_ratio=0.4)
+    assert (method.updates_per_epoch, method.keep_ratio) == (60, 0.4)
+    assert method.temperature(0.1, 5) == pytest.approx(
+        tffp.schedules.SigmoidTemperature(total_epochs=300)(6)
+    )
+    clone = tffp.DCFF.from_config(method.get_config())
+    assert clone.updates_per_epoch == 60 and clone.temperature.reference_epochs == 300
+    assert tffp.DCFF.paced(epochs=1000).updates_per_epoch == 1
+    with pytest.raises(ValueError, match="epochs"):
+        tffp.DCFF.paced(epochs=0)
+
+
 def test_selection_stays_finite_and_changes_when_filters_change():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 4, 16))

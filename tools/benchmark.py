@@ -19,9 +19,10 @@ every evaluation, several seeds. Rows:
   selection and fusion once per epoch as the paper does.
 - ``dcff_steps``: the same with 10 updates per epoch
   (``tffp.DCFF(updates_per_epoch=10)``, temperature at the fractional epoch).
-- ``dcff_paced``: ``dcff_steps`` with the paper's temperature schedule paced as in its
-  300-epoch runs (``SigmoidTemperature(reference_epochs=300)``): the low-temperature
-  phase takes the same share of training as in the paper instead of the first epoch.
+- ``dcff_paced``: ``tffp.DCFF.paced(epochs)``: the paper's 300 updates at its 300
+  temperatures, spread over the run (60 updates per epoch for 5 epochs), so the
+  low-temperature phase takes the same share of training as in the paper (1/300)
+  instead of the whole first epoch.
 
 Every (row, seed) pair appends one JSON line to ``runs.jsonl`` in
 ``--output_dir``; a rerun skips the pairs already there (same settings) unless
@@ -63,20 +64,17 @@ from absl import app, flags, logging  # noqa: E402
 import tf_filterprune as tffp  # noqa: E402
 
 DCFF_STEP_UPDATES = 10
-"""``updates_per_epoch`` of the ``dcff_steps`` and ``dcff_paced`` rows."""
+"""``updates_per_epoch`` of the ``dcff_steps`` row."""
 
 PAPER_EPOCHS = 300
 """Length of the DCFF paper's CIFAR runs, the pace of the ``dcff_paced`` temperature."""
 
-DCFF_VARIANTS: dict[str, Callable[[], tffp.DCFF]] = {
-    "dcff": tffp.DCFF,
-    "dcff_steps": lambda: tffp.DCFF(updates_per_epoch=DCFF_STEP_UPDATES),
-    "dcff_paced": lambda: tffp.DCFF(
-        updates_per_epoch=DCFF_STEP_UPDATES,
-        temperature=tffp.schedules.SigmoidTemperature(reference_epochs=PAPER_EPOCHS),
-    ),
+DCFF_VARIANTS: dict[str, Callable[[int], tffp.DCFF]] = {
+    "dcff": lambda epochs: tffp.DCFF(),
+    "dcff_steps": lambda epochs: tffp.DCFF(updates_per_epoch=DCFF_STEP_UPDATES),
+    "dcff_paced": lambda epochs: tffp.DCFF.paced(epochs, reference_epochs=PAPER_EPOCHS),
 }
-"""The DCFF rows: row name -> a fresh method."""
+"""The DCFF rows: row name -> a fresh method for a run of that many epochs."""
 
 ROWS: tuple[str, ...] = ("unpruned", "l1_finetune", "scratch", "tfmot", *DCFF_VARIANTS)
 """Every row of the comparison, in table order."""
@@ -343,7 +341,7 @@ def dcff_wrap(config: BenchmarkConfig, variant: str = "dcff") -> keras.Model:
     """A fresh CNN wrapped for DCFF at the MACs target (widths allocated as prune_once's)."""
     return tffp.prune_filters(
         tffp.models.fashion_cnn(),
-        DCFF_VARIANTS[variant](),
+        DCFF_VARIANTS[variant](config.epochs),
         target_macs_reduction=config.macs_reduction,
         round_to=config.round_to,
     )

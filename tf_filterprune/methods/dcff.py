@@ -80,7 +80,8 @@ class DCFF(PruningMethod):
             where every kept filter is a near-uniform mix of all filters: that is
             1/300 of the paper's training but a fifth of a 5-epoch run, and
             ``n > 1`` shortens it to ``1/n`` of an epoch (see the README's
-            benchmark for both).
+            benchmark for both). :meth:`paced` keeps the paper's pace in a short
+            run (its 300 updates and temperatures spread over the run).
 
     Example:
 
@@ -112,6 +113,30 @@ class DCFF(PruningMethod):
         self.temperature = temperature or SigmoidTemperature()
         if not isinstance(self.temperature, Schedule):
             raise ValueError(f"temperature must be a Schedule, got {type(temperature).__name__}.")
+
+    @classmethod
+    def paced(cls, epochs: int, keep_ratio: float = 0.5, reference_epochs: int = 300) -> DCFF:
+        """DCFF for a run of ``epochs``, at the pace of the paper's ``reference_epochs``.
+
+        The paper updates once per epoch of a 300-epoch run, at 300 temperatures.
+        This spreads those updates over the run: ``reference_epochs / epochs``
+        updates per epoch, each at the temperature of the matching reference epoch
+        (``SigmoidTemperature(reference_epochs=...)``), so the low-temperature
+        phase keeps its share of training (about 1/300) in a short run.
+
+        Example:
+
+        >>> method = DCFF.paced(epochs=5)
+        >>> method.updates_per_epoch, method.temperature.reference_epochs
+        (60, 300.0)
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"DCFF.paced: epochs must be an int >= 1, got {epochs!r}.")
+        return cls(
+            keep_ratio,
+            temperature=SigmoidTemperature(reference_epochs=reference_epochs),
+            updates_per_epoch=max(1, round(reference_epochs / epochs)),
+        )
 
     def create_state(self, wrapper: FilterPruningWrapper) -> None:
         filters, keep = wrapper.layer.filters, wrapper.out_channels
