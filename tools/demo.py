@@ -7,8 +7,10 @@ one with at least 2x fewer MACs (widths multiples of 8), by one of:
   and trains the compact network from scratch for the same number of epochs,
   with the ``UpdateFilterPruning`` callback; ``tffp.strip_filter_pruning``
   then gives the plain compact model (checked equal to the wrapped one).
-  ``--dcff_updates_per_epoch`` (default 10) re-selects and re-fuses the
-  filters that often per epoch; 1 is the paper's once per epoch.
+  By default it runs at the pace of the paper's 300-epoch run
+  (``tffp.DCFF.paced``: the paper's 300 selection updates and temperatures
+  spread over ``--epochs``); ``--dcff_reference_epochs 0`` uses the paper's
+  temperature formula over ``--epochs`` with ``--dcff_updates_per_epoch``.
 * ``--method l1`` (or l2, bn_gamma, fpgm, random, taylor):
   ``tffp.prune_once`` on the trained original, then fine-tuning for
   ``--finetune_epochs``.
@@ -44,7 +46,16 @@ flags.DEFINE_string(
     "method", "dcff", "A one-shot criterion (l1, l2, bn_gamma, fpgm, random, taylor) or dcff."
 )
 flags.DEFINE_integer(
-    "dcff_updates_per_epoch", 10, "DCFF: selection updates per epoch (1: the paper's)."
+    "dcff_reference_epochs",
+    300,
+    "DCFF: run at the pace of the paper's run of this many epochs (tffp.DCFF.paced: its "
+    "updates and temperatures spread over --epochs); 0 for the paper's schedule over "
+    "--epochs with --dcff_updates_per_epoch.",
+)
+flags.DEFINE_integer(
+    "dcff_updates_per_epoch",
+    1,
+    "DCFF with --dcff_reference_epochs 0: selection updates per epoch (1: the paper's).",
 )
 flags.DEFINE_integer("epochs", 3, "Epochs of training (original model; DCFF's compact model).")
 flags.DEFINE_integer("finetune_epochs", 2, "One-shot methods: fine-tuning epochs after the cut.")
@@ -88,12 +99,19 @@ def accuracy(model, train_ds, test_ds) -> float:
     return float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
 
 
+def dcff_method() -> tffp.DCFF:
+    """DCFF as the flags say: paced to the paper's run, or its schedule over --epochs."""
+    if FLAGS.dcff_reference_epochs > 0:
+        return tffp.DCFF.paced(FLAGS.epochs, reference_epochs=FLAGS.dcff_reference_epochs)
+    return tffp.DCFF(updates_per_epoch=FLAGS.dcff_updates_per_epoch)
+
+
 def train_dcff(train_ds, bn_ds, test_ds):
     """DCFF: the compact network trained from scratch, then stripped."""
     fresh = tffp.models.fashion_cnn()
     wrapped = tffp.prune_filters(
         fresh,
-        tffp.DCFF(updates_per_epoch=FLAGS.dcff_updates_per_epoch),
+        dcff_method(),
         target_macs_reduction=FLAGS.target_macs_reduction,
         round_to=FLAGS.round_to,
     )
