@@ -41,6 +41,7 @@ Usage:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import statistics
@@ -458,10 +459,7 @@ ROW_FUNCTIONS: dict[str, Callable[[Data, int], RowResult]] = {
     "l1_finetune": run_l1_finetune,
     "scratch": run_scratch,
     "tfmot": run_tfmot,
-    **{
-        variant: (lambda data, seed, variant=variant: run_dcff(data, seed, variant))
-        for variant in DCFF_VARIANTS
-    },
+    **{variant: functools.partial(run_dcff, variant=variant) for variant in DCFF_VARIANTS},
 }
 
 
