@@ -147,3 +147,17 @@ def test_demo_runs_end_to_end_with_dcff(tmp_path):
     assert compact["tflite_bytes"] < 0.6 * original["tflite_bytes"]
     assert all(width % 8 == 0 for width in report["widths"].values())
     assert (out / "compact.tflite").exists() and (out / "compact_saved_model").is_dir()
+
+
+def test_ignored_layers_are_kept_whole_and_recorded(tmp_path):
+    plain = tiny_config(tmp_path, round_to=16)
+    kept = tiny_config(tmp_path, round_to=16, ignored_layers=("conv1",))
+    assert "ignored_layers" not in plain.recorded()  # older records still match
+    assert kept.recorded()["ignored_layers"] == ["conv1"]
+    assert not bench.same_settings({"config": plain.recorded()}, kept)
+
+    widths = bench.conv_widths(bench.compact_architecture(kept))
+    assert widths == {"conv1": 32, "conv2": 16, "conv3": 64, "conv4": 32, "conv5": 112}
+    dcff = tffp.strip_filter_pruning(bench.dcff_wrap(kept, "dcff_paced"))
+    assert bench.conv_widths(dcff) == widths
+    assert "conv1 kept whole" in bench.settings_text(kept)

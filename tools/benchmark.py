@@ -10,6 +10,8 @@ every evaluation, several seeds. Rows:
 - ``l1_finetune``: ``--pretrain_epochs`` of training, one L1 cut to
   ``--macs_reduction`` fewer MACs (``round_to``), the rest fine-tuning; the
   accuracy right after the cut is recorded too.
+  ``--ignored_layers`` are kept whole (``--ignored_layers conv1`` keeps the first
+  conv, which is cheap and sensitive, as many pruning papers do).
 - ``scratch``: the same compact architecture, freshly initialized, trained ``--epochs``.
 - ``tfmot``: tfmot's unstructured ``prune_low_magnitude`` at the compact model's
   parameter sparsity, in a tf_keras subprocess (``tools/tfmot_baseline.py``).
@@ -93,13 +95,16 @@ RECORDED_SETTINGS: tuple[str, ...] = (
     "test_limit",
     "tfmot_schedule",
 )
-"""Settings stored with every result; a rerun reuses only results with the same ones."""
+"""Settings stored with every result; a rerun reuses only results with the same ones.
+
+``ignored_layers`` is stored too, when it is not empty (so older records still match)."""
 
 TFMOT_SCRIPT = Path(__file__).resolve().with_name("tfmot_baseline.py")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("macs_reduction", 0.5, "Fraction of the dense model's MACs to remove.")
 flags.DEFINE_integer("round_to", 8, "Keep channel counts multiples of this.")
+flags.DEFINE_list("ignored_layers", [], "Conv layers kept whole by every compact row, e.g. conv1.")
 flags.DEFINE_integer("epochs", 5, "Total training epochs of every row.")
 flags.DEFINE_integer("pretrain_epochs", 3, "Epochs before the cut (l1_finetune).")
 flags.DEFINE_float("lr", 2e-3, "Peak learning rate (Adam, cosine decay to 1% over each phase).")
@@ -139,6 +144,7 @@ class BenchmarkConfig:
     pretrain_epochs: int = 3
     macs_reduction: float = 0.5
     round_to: int = 8
+    ignored_layers: tuple[str, ...] = ()
     lr: float = 2e-3
     batch_size: int = 128
     bn_steps: int = 50
@@ -165,7 +171,10 @@ class BenchmarkConfig:
 
     def recorded(self) -> dict[str, Any]:
         """The settings stored with every result."""
-        return {name: getattr(self, name) for name in RECORDED_SETTINGS}
+        settings = {name: getattr(self, name) for name in RECORDED_SETTINGS}
+        if self.ignored_layers:
+            settings["ignored_layers"] = list(self.ignored_layers)
+        return settings
 
     @property
     def runs_path(self) -> Path:
@@ -283,7 +292,11 @@ def conv_widths(model: keras.Model) -> dict[str, int]:
 def l1_cut(model: keras.Model, config: BenchmarkConfig) -> keras.Model:
     """The one-shot L1 cut every compact row is compared at."""
     return tffp.prune_once(
-        model, "l1", target_macs_reduction=config.macs_reduction, round_to=config.round_to
+        model,
+        "l1",
+        target_macs_reduction=config.macs_reduction,
+        round_to=config.round_to,
+        ignored_layers=config.ignored_layers,
     )
 
 
@@ -345,6 +358,7 @@ def dcff_wrap(config: BenchmarkConfig, variant: str = "dcff") -> keras.Model:
         DCFF_VARIANTS[variant](config.epochs),
         target_macs_reduction=config.macs_reduction,
         round_to=config.round_to,
+        ignored_layers=config.ignored_layers,
     )
 
 
@@ -685,11 +699,13 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 
 def settings_text(config: BenchmarkConfig) -> str:
     """One sentence with the run's settings, for the markdown summary."""
+    kept = config.ignored_layers
+    whole = f", {', '.join(kept)} kept whole" if kept else ""
     limits = f", train_limit={config.train_limit}" if config.train_limit else ""
     limits += f", test_limit={config.test_limit}" if config.test_limit else ""
     return (
         f"Fashion-MNIST, `fashion_cnn`, {config.macs_reduction:.0%} fewer MACs "
-        f"(round_to={config.round_to}), {config.epochs} epochs per row "
+        f"(round_to={config.round_to}{whole}), {config.epochs} epochs per row "
         f"(l1_finetune: {config.pretrain_epochs} + {config.epochs - config.pretrain_epochs}), "
         f"Adam lr {config.lr:g} cosine to 1%, batch {config.batch_size}, BN re-estimated on "
         f"{config.bn_steps} batches before every evaluation{limits}. Latency: TFLite float, "
@@ -811,6 +827,7 @@ def config_from_flags() -> BenchmarkConfig:
         pretrain_epochs=FLAGS.pretrain_epochs,
         macs_reduction=FLAGS.macs_reduction,
         round_to=FLAGS.round_to,
+        ignored_layers=tuple(FLAGS.ignored_layers),
         lr=FLAGS.lr,
         batch_size=FLAGS.batch_size,
         bn_steps=FLAGS.bn_steps,
