@@ -145,7 +145,8 @@ def test_demo_runs_end_to_end_with_dcff(tmp_path):
     original, compact = report["rows"]["original"], report["rows"]["compact"]
     assert compact["macs"] <= 0.5 * original["macs"]
     assert compact["tflite_bytes"] < 0.6 * original["tflite_bytes"]
-    assert all(width % 8 == 0 for width in report["widths"].values())
+    assert all(width % 16 == 0 for width in report["widths"].values())
+    assert report["widths"]["conv1"] == 32  # kept whole by default
     assert (out / "compact.tflite").exists() and (out / "compact_saved_model").is_dir()
 
 
