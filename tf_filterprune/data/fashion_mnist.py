@@ -122,9 +122,10 @@ def fashion_mnist_dataset(
         dataset = with_example_seeds(dataset, seed).map(
             _augment_example, num_parallel_calls=tf.data.AUTOTUNE
         )
-    else:
-        dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Batch first, then convert whole batches: one map call per batch, not per image.
+    dataset = dataset.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _should_shuffle(split: str, shuffle: bool | None) -> bool:
