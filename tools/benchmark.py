@@ -10,8 +10,6 @@ every evaluation, several seeds. Rows:
 - ``l1_finetune``: ``--pretrain_epochs`` of training, one L1 cut to
   ``--macs_reduction`` fewer MACs (``round_to``), the rest fine-tuning; the
   accuracy right after the cut is recorded too.
-  ``--ignored_layers`` are kept whole (``--ignored_layers conv1`` keeps the first
-  conv, which is cheap and sensitive, as many pruning papers do).
 - ``scratch``: the same compact architecture, freshly initialized, trained ``--epochs``.
 - ``tfmot``: tfmot's unstructured ``prune_low_magnitude`` at the compact model's
   parameter sparsity, in a tf_keras subprocess (``tools/tfmot_baseline.py``).
@@ -26,6 +24,9 @@ every evaluation, several seeds. Rows:
   low-temperature phase takes the same share of training as in the paper (1/300)
   instead of the whole first epoch.
 
+Every compact row keeps the ``--ignored_layers`` whole (``--ignored_layers conv1``
+keeps the first conv, cheap in MACs and sensitive, as many pruning papers do).
+
 Every (row, seed) pair appends one JSON line to ``runs.jsonl`` in
 ``--output_dir``; a rerun skips the pairs already there (same settings) unless
 ``--overwrite``. At the end all the rows' float TFLite models are timed
@@ -35,8 +36,10 @@ are (re)written. Seed-0 models are saved under ``models/``.
 
 Usage:
 
-    /work/venv/bin/python tools/benchmark.py                    # the full benchmark
-    /work/venv/bin/python tools/benchmark.py --train_limit 1024 --test_limit 1000 \
+    .venv/bin/python tools/benchmark.py                    # the full benchmark
+    .venv/bin/python tools/benchmark.py --round_to 16 --ignored_layers conv1 \
+        --output_dir benchmarks/results/fashion_round16_conv1   # the README's headline table
+    .venv/bin/python tools/benchmark.py --train_limit 1024 --test_limit 1000 \
         --epochs 1 --pretrain_epochs 0 --seeds 0 --rows unpruned,l1_finetune,scratch
 """
 

@@ -1,9 +1,10 @@
 r"""Demo: prune -> train -> strip -> export -> report, on real Fashion-MNIST.
 
 Trains the reference Fashion-MNIST CNN (the "original" row), then a compact
-one with at least 2x fewer MACs, by one of (widths multiples of 16, the first conv
-kept whole: XNNPACK computes 16 output channels at a time on AVX-512, so 24
-channels cost as 32, and the first conv is cheap and sensitive):
+one with at least 2x fewer MACs. By default its widths are multiples of 16 and the
+first conv is kept whole (``--round_to 16 --ignored_layers conv1``): XNNPACK
+computes 16 output channels at a time on AVX-512, so 24 channels cost as 32, and
+the first conv is cheap in MACs and sensitive. The compact model comes from one of:
 
 * ``--method dcff`` (default): DCFF wraps the convs with ``tffp.prune_filters``
   and trains the compact network from scratch for the same number of epochs,
