@@ -232,6 +232,15 @@ def test_fashion_dataset_limit_and_no_shuffle(tiny_fashion):
     np.testing.assert_allclose(images[..., 0], train_x[:10] / 255.0, atol=1e-7)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_fashion_dataset_runs_without_the_autotuner(tiny_fashion, augment):
+    """tf.data's autotuner can stall the end of model.fit; these pipelines turn it off."""
+    folder, _, _ = tiny_fashion
+    ds = fashion_mnist_dataset("train", 4, augment=augment, limit=8, data_dir=folder)
+    assert ds.options().autotune.enabled is False
+    assert [tuple(x.shape) for x, _ in ds] == [(4, 28, 28, 1)] * 2
+
+
 def test_fashion_dataset_augmentation(tiny_fashion):
     folder, (train_x, _), _ = tiny_fashion
     ds = fashion_mnist_dataset("train", 40, shuffle=False, augment=True, seed=3, data_dir=folder)

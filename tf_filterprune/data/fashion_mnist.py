@@ -120,12 +120,29 @@ def fashion_mnist_dataset(
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
         dataset = with_example_seeds(dataset, seed).map(
-            _augment_example, num_parallel_calls=tf.data.AUTOTUNE
+            _augment_example, num_parallel_calls=os.cpu_count() or 1
         )
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    # Batch first, then convert whole batches: one map call per batch, not per image.
-    dataset = dataset.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size)
+    else:  # batch first, then convert whole batches: one map call per batch, not per image
+        dataset = dataset.batch(batch_size).map(_to_float)
+    return _without_autotune(dataset.prefetch(PREFETCH_BATCHES))
+
+
+PREFETCH_BATCHES = 2
+"""Batches prepared ahead of training by :func:`fashion_mnist_dataset`."""
+
+
+def _without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Turns tf.data's autotuner off for a small in-memory pipeline.
+
+    Its background thread can hold up the end of each ``model.fit`` for seconds
+    (measured here: half the one-epoch fits of the Fashion-MNIST CNN took 7-18 s
+    longer, all of it after ``on_train_end``); this pipeline is cheap enough not
+    to need tuning.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _should_shuffle(split: str, shuffle: bool | None) -> bool:
