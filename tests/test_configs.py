@@ -29,3 +29,16 @@ def test_rates_length_is_checked():
 def test_resnet_wrappable_layers_are_block_first_convs():
     names = tffp.wrappable_layers(tffp.models.resnet20())
     assert names == [f"block{s}_{b}_conv1" for s in (1, 2, 3) for b in (1, 2, 3)]
+
+
+def test_dpfps_config_allocates_the_published_reduction():
+    config = json.loads((CONFIGS / "dpfps/resnet56_cifar10.json").read_text())
+    settings = {k: v for k, v in config["method"].items() if k != "name"}
+    method = tffp.DPFPS(**settings)
+    model = getattr(tffp.models, config["model"])()
+    wrapped = tffp.prune_filters(model, method, prune_residual=config["prune_residual"])
+    assert [w.name for w in tffp.methods.base.wrappers_of(wrapped)] == tffp.wrappable_layers(model)
+    context = tffp.api.method_contexts(wrapped, with_macs=True)[0]
+    macs = context.macs.estimate(method.allocate(context))
+    reduction = 1.0 - macs / tffp.profile(model).total_macs
+    assert config["method"]["target_macs_reduction"] - 0.01 <= reduction <= 0.5386

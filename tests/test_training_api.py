@@ -115,12 +115,15 @@ def test_save_mid_training_and_resume_is_identical(tmp_path):
     assert int(w.epoch.numpy()) == 2 and int(w.step.numpy()) == 6
 
 
-def test_loading_without_scope_raises(tmp_path):
+def test_loading_without_scope_works_once_registered(tmp_path):
+    # Every wrapper, method and schedule registers with Keras' serialization under
+    # the "tf_filterprune" package, so importing tf_filterprune is enough to load.
     wrapped = tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5))
     path = tmp_path / "wrapped.keras"
     wrapped.save(path)
-    with pytest.raises(TypeError, match="FilterPruningWrapper"):
-        keras.models.load_model(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("c1"), tffp.FilterPruningWrapper)
+    assert loaded.get_layer("c1").method.get_config() == wrapped.get_layer("c1").method.get_config()
 
 
 def test_stripped_model_loads_without_custom_objects(tmp_path):
@@ -139,12 +142,15 @@ def test_inside_clone_model_clone_function():
         return layer.__class__.from_config(layer.get_config())
 
     wrapped = keras.models.clone_model(model, clone_function=clone_function)
-    assert sum(isinstance(layer, tffp.FilterPruningWrapper) for layer in wrapped.layers) == 3
+    widths = [w.out_channels for w in tffp.methods.base.wrappers_of(wrapped)]
+    assert widths == [8, 8, 16]  # pruned at wrap time: the clone's next layers build narrow
+    assert wrapped.get_layer("fc").kernel.shape == (8 * 8 * 16, 10)
     compile_model(wrapped)
     x, y = tiny_data((16, 16, 3), n=8)
     wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
-    _, diff = tffp.strip_filter_pruning(wrapped, verify_data=x)
+    compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x)
     assert diff <= 1e-4
+    assert [compact.get_layer(n).filters for n in ("c1", "c2", "c3")] == [8, 8, 16]
 
 
 def test_fit_without_callback_raises():
@@ -251,16 +257,71 @@ def test_update_callback_needs_wrappers():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
 
 
-def test_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
-    x, y = tiny_data((16, 16, 3), n=16)
+def test_mirrored_strategy_two_replicas(two_replicas):
+    with two_replicas.scope():
+        method = tffp.DCFF(keep_ratio=0.5, updates_per_epoch=2)
+        wrapped = compile_model(tffp.prune_filters(vgg_sequential(), method))
+    assert two_replicas.num_replicas_in_sync == 2
+    x, y = tiny_data((16, 16, 3), n=32)
     wrapped.fit(
         x, y, batch_size=8, epochs=2, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
     )
+    for wrapper in tffp.methods.base.wrappers_of(wrapped):
+        for variable in (
+            wrapper.fusion,
+            wrapper.selected,
+            wrapper.temperature,
+            wrapper.layer.kernel,
+        ):
+            first, *others = [v.numpy() for v in variable.value.values]
+            assert others, "the variable should be mirrored on two replicas"
+            for other in others:
+                np.testing.assert_array_equal(first, other)
     _, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:4])
     assert diff <= 1e-4
+
+
+def test_mixed_float16_trains_and_strips_exactly():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+        x, y = tiny_data((16, 16, 3), n=16)
+        wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
+        wrapper = tffp.methods.base.wrappers_of(wrapped)[0]
+        assert wrapper.fusion.dtype == "float32" and wrapper.compute_dtype == "float16"
+        compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:4])
+        assert diff <= 1e-2  # float16 compute on both sides
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_profile_counts_wrapped_convs_at_their_width():
+    model = tffp.models.fashion_cnn()
+    wrapped = tffp.prune_filters(model, tffp.DCFF(keep_ratio=0.5))
+    compact = tffp.strip_filter_pruning(wrapped)
+    assert tffp.profile(wrapped).total_macs == tffp.profile(compact).total_macs
+    full = tffp.prune_filters(model, tffp.DPFPS(0.5))
+    assert tffp.profile(full).total_macs == tffp.profile(model).total_macs
+
+
+def test_custom_objects_come_from_the_keras_registry():
+    objects = tffp.custom_objects()
+    for name in ("FilterPruningWrapper", "DCFF", "DPFPS", "SigmoidTemperature"):
+        assert objects[name] is getattr(tffp, name, None) or name == "SigmoidTemperature"
+    assert objects["SigmoidTemperature"] is tffp.schedules.SigmoidTemperature
+
+
+def test_strip_re_estimates_batchnorm_on_calibration_data():
+    wrapped = compile_model(tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5)))
+    x, y = tiny_data((16, 16, 3), n=32)
+    wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()])
+    plain = tffp.strip_filter_pruning(wrapped)
+    calibrated = tffp.strip_filter_pruning(wrapped, calibration_data=x, calibration_steps=2)
+    before = plain.get_layer(index=1).moving_mean.numpy()
+    after = calibrated.get_layer(index=1).moving_mean.numpy()
+    reference = tffp.recalibrate_batchnorm(plain, x, steps=2).get_layer(index=1).moving_mean
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, reference.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_target_macs_reduction_allocates_wrapped_widths():
@@ -280,7 +341,7 @@ class StepRecordingDCFF(tffp.DCFF):
     def has_step_updates(self):
         return True
 
-    def on_step_end(self, wrapper, progress):
+    def layer_step_end(self, wrapper, progress):
         step = int(wrapper.step.numpy())
         StepRecordingDCFF.seen.append((wrapper.name, step, progress.epoch_fraction))
 
@@ -303,13 +364,23 @@ def test_updates_within_the_epoch_use_the_fractional_epoch():
     assert method.has_step_updates()
     wrapped = compile_model(tffp.prune_filters(vgg_sequential(), method))
     x, y = tiny_data((16, 16, 3), n=64)  # 8 steps per epoch: updates after steps 2, 4, 6
+    kernels = {}
+
+    class KernelAfterUpdates(keras.callbacks.Callback):  # runs after UpdateFilterPruning
+        def on_train_batch_end(self, batch, logs=None):
+            kernels[batch] = wrapped.get_layer("c1").layer.kernel.numpy()
+
     wrapped.fit(
-        x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tffp.callbacks.UpdateFilterPruning()]
-    )
+        x, y, batch_size=8, epochs=1, verbose=0, shuffle=False,
+        callbacks=[tffp.callbacks.UpdateFilterPruning(), KernelAfterUpdates()],
+    )  # fmt: skip
     c1 = wrapped.get_layer("c1")
     assert float(c1.temperature.numpy()) == pytest.approx(schedule(0.75), rel=1e-6)
-    expected, p_sel = dcff.select_filters(c1.layer.kernel.numpy(), 8, schedule(0.75))
-    assert float(c1.temperature.numpy()) > 1.0 and p_sel.shape == (8, 16)
+    # the last update ran after step 6 of 8, on the kernel as it was then
+    expected, p_sel = dcff.select_filters(kernels[5], 8, schedule(0.75))
+    np.testing.assert_array_equal(c1.selected.numpy(), expected)
+    np.testing.assert_allclose(c1.fusion.numpy(), p_sel, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kernels[5], kernels[7])  # steps 7 and 8 trained on, unselected
     compact, diff = tffp.strip_filter_pruning(wrapped, verify_data=x[:8])
     assert diff <= 1e-4
 

@@ -25,8 +25,16 @@ from tf_filterprune.api import (
 )
 from tf_filterprune.batchnorm import recalibrate_batchnorm
 from tf_filterprune.graph import build_graph, register_layer
-from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod, TrainingProgress
+from tf_filterprune.methods.base import (
+    ChannelPlan,
+    FilterPruningWrapper,
+    PrunedGroup,
+    PruningContext,
+    PruningMethod,
+    TrainingProgress,
+)
 from tf_filterprune.methods.dcff import DCFF
+from tf_filterprune.methods.dpfps import DPFPS
 from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
 from tf_filterprune.strip import strip_filter_pruning
@@ -35,7 +43,11 @@ from tf_filterprune.surgery import prune_channels
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelPlan",
     "DCFF",
+    "DPFPS",
+    "PrunedGroup",
+    "PruningContext",
     "FilterPruningWrapper",
     "PruningMethod",
     "TrainingProgress",

@@ -5,7 +5,7 @@ Example:
 >>> import keras, numpy as np, tf_filterprune as tffp
 >>> model = tffp.models.fashion_cnn()
 >>> wrapped = tffp.prune_filters(model, tffp.DCFF(keep_ratio=0.5), round_to=8)
->>> [layer.out_channels for layer in wrapped.layers if hasattr(layer, "out_channels")]
+>>> [layer.out_channels for layer in tffp.methods.base.wrappers_of(wrapped)]
 [16, 16, 32, 32, 64]
 """
 
@@ -17,28 +17,49 @@ from typing import Any
 
 import keras
 import numpy as np
+from absl import logging
 
-from tf_filterprune.graph import build_graph
-from tf_filterprune.methods.base import FilterPruningWrapper, PruningMethod
-from tf_filterprune.methods.dcff import DCFF
+from tf_filterprune.graph import ChannelGraph, build_graph
+from tf_filterprune.methods.base import (
+    FilterPruningWrapper,
+    PruningContext,
+    PruningMethod,
+    owned_groups,
+    wrappers_of,
+)
 from tf_filterprune.pruner import (
     Budget,
     MacsModel,
     allocate,
     check_target,
+    kept_count,
     per_layer_ratios,
     select_groups,
 )
-from tf_filterprune.schedules import SigmoidTemperature
 from tf_filterprune.surgery import rebuild
+
+PACKAGE = "tf_filterprune"
+"""The Keras serialization package every wrapper, method and schedule registers under."""
 
 
 def custom_objects() -> dict[str, Any]:
-    """The classes needed to load a model saved while wrapped for filter pruning."""
+    """The classes needed to load a model saved while wrapped for filter pruning.
+
+    Every class registered with ``keras.saving.register_keras_serializable(
+    package="tf_filterprune")`` (wrappers, methods, schedules), found in Keras'
+    registry rather than a hand-kept list.
+
+    Example:
+
+    >>> import tf_filterprune as tffp
+    >>> sorted(n for n in tffp.custom_objects() if n in ("DCFF", "FilterPruningWrapper"))
+    ['DCFF', 'FilterPruningWrapper']
+    """
+    prefix = PACKAGE + ">"
     return {
-        "FilterPruningWrapper": FilterPruningWrapper,
-        "DCFF": DCFF,
-        "SigmoidTemperature": SigmoidTemperature,
+        name[len(prefix) :]: obj
+        for name, obj in keras.saving.get_custom_objects().items()
+        if name.startswith(prefix)
     }
 
 
@@ -54,22 +75,31 @@ def prune_scope() -> contextlib.AbstractContextManager:
     return keras.saving.custom_object_scope(custom_objects())
 
 
-def _wrappable(graph, group) -> bool:
-    """A group DCFF-style methods can own: one plain Conv2D creates all its channels."""
-    if len(group.producers) != 1:
-        return False
-    layer = graph.layers[group.producers[0]]
+def _plain_conv(layer: Any) -> bool:
     return type(layer) is keras.layers.Conv2D and layer.groups == 1
 
 
-def wrappable_layers(model: keras.Model) -> list[str]:
+def _wrappable(graph: ChannelGraph, group, method: PruningMethod | None = None) -> bool:
+    """A group ``method`` can own: plain Conv2D producers only, one unless it takes coupled ones."""
+    producers = [graph.layers[p] for p in group.producers]
+    if not producers or not all(_plain_conv(layer) for layer in producers):
+        return False
+    coupled = method is not None and method.takes_coupled_groups and not method.compact_width
+    return len(producers) == 1 or coupled
+
+
+def wrappable_layers(
+    model: keras.Model, method: PruningMethod | None = None, prune_residual: bool = False
+) -> list[str]:
     """Names of the Conv2D layers ``prune_filters`` wraps, in graph order.
 
     For a VGG these are all the convs; for a ResNet, the first conv of each
-    residual block (the others are tied by the residual Adds).
+    residual block (the others are tied by the residual Adds), unless
+    ``prune_residual`` and a method that takes coupled groups (DPFPS).
     """
     graph = build_graph(model)
-    return [g.producers[0] for g in select_groups(graph) if _wrappable(graph, g)]
+    groups = select_groups(graph, prune_residual=prune_residual)
+    return [p for g in groups if _wrappable(graph, g, method) for p in g.producers]
 
 
 def per_layer_from_rates(model: keras.Model, rates: Sequence[float]) -> dict[str, float]:
@@ -110,6 +140,7 @@ def prune_filters(
     round_to: int = 1,
     min_filters: int = 1,
     target_macs_reduction: float | None = None,
+    prune_residual: bool = False,
 ) -> Any:
     """Wraps the prunable Conv2D layers of a model for filter pruning while training.
 
@@ -120,13 +151,15 @@ def prune_filters(
 
     Which layers are wrapped: every Conv2D that alone creates a group of
     channels. Channels tied across several layers (the residual stream of a
-    ResNet, a squeeze-excite gate) are left whole: the DCFF paper prunes only
-    the first conv of each residual block.
+    ResNet) are left whole, as the papers do, unless ``prune_residual`` and the
+    method can take tied groups (DPFPS): then all the stream's convs are wrapped
+    and pruned together.
 
     Args:
         to_prune: a Functional or Sequential model, a Conv2D layer, or a list
-            of layers (as in a ``keras.models.clone_model`` clone function; a
-            layer is wrapped at full width).
+            of layers (as in a ``keras.models.clone_model`` clone function: a
+            compact-width method wraps the layer at ``method.keep_ratio`` of
+            its filters, and the clone's next layers build at that width).
         method: a :class:`PruningMethod` such as ``tffp.DCFF(keep_ratio=0.5)``.
         ignored_layers: layers (or names) left unwrapped.
         per_layer: layer name -> keep ratio, overriding ``method.keep_ratio``.
@@ -134,45 +167,62 @@ def prune_filters(
         min_filters: no layer keeps fewer filters.
         target_macs_reduction: instead of ``method.keep_ratio``, the fraction of
             the model's MACs the stripped model removes (e.g. 0.5); the widths
-            are allocated as in :func:`tffp.prune_once`.
+            are allocated as in :func:`tffp.prune_once`. Methods that allocate
+            widths themselves (DPFPS) take it in their own constructor.
+        prune_residual: also wrap the convs of residual streams (methods with
+            ``takes_coupled_groups`` only).
 
     Returns:
         A new model (or wrapped layer / list of layers).
+
+    Raises:
+        ValueError: a bad budget, no layer to wrap, or settings the method
+            cannot meet on this model (the message names them).
     """
     if not isinstance(method, PruningMethod):
         raise ValueError(f"`method` must be a PruningMethod, got {type(method).__name__}.")
-    if isinstance(to_prune, keras.Model):
-        return _prune_model(
-            to_prune,
-            method,
-            ignored_layers,
-            per_layer,
-            round_to,
-            min_filters,
-            target_macs_reduction,
+    if int(round_to) < 1 or int(min_filters) < 1:
+        raise ValueError("`round_to` and `min_filters` must be positive integers.")
+    if method.allocates_widths and (target_macs_reduction is not None or per_layer):
+        raise ValueError(
+            f"{type(method).__name__} allocates the widths itself: give its budget to "
+            f"tffp.{type(method).__name__}(...), not target_macs_reduction / per_layer to "
+            "prune_filters."
         )
+    if isinstance(to_prune, keras.Model):
+        settings = (ignored_layers, per_layer, round_to, min_filters, target_macs_reduction)
+        return _prune_model(to_prune, method, *settings, prune_residual)
     if isinstance(to_prune, list | tuple):
         return [prune_filters(layer, method) for layer in to_prune]
     if isinstance(to_prune, keras.layers.Layer):
-        if type(to_prune) is keras.layers.Conv2D and to_prune.groups == 1:
-            return FilterPruningWrapper(to_prune, method)
-        return to_prune
+        if not _plain_conv(to_prune):
+            return to_prune
+        count = kept_count(to_prune.filters, method.keep_ratio, int(round_to), int(min_filters))
+        return FilterPruningWrapper(
+            to_prune, method, kept_channels=count, round_to=round_to, min_filters=min_filters
+        )
     raise ValueError(
         f"prune_filters expects a keras Model, a layer or a list of layers, got "
         f"{type(to_prune).__name__}."
     )
 
 
-def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters, target):
+def _prune_model(
+    model, method, ignored_layers, per_layer, round_to, min_filters, target, prune_residual
+):
     graph = build_graph(model)
     budget = Budget(
         method.keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters)
     )
-    groups = [g for g in select_groups(graph, ignored_layers) if _wrappable(graph, g)]
+    groups = [
+        g
+        for g in select_groups(graph, ignored_layers, prune_residual)
+        if _wrappable(graph, g, method)
+    ]
     if not groups:
         raise ValueError(
             f"No Conv2D layer of model '{model.name}' can be wrapped for filter pruning "
-            "(each must alone create its output channels)."
+            "(each must be a plain Conv2D, groups=1, creating channels that can be cut)."
         )
     if target is None:
         counts = {g.id: budget.count(g) for g in groups}
@@ -183,14 +233,54 @@ def _prune_model(model, method, ignored_layers, per_layer, round_to, min_filters
     keep, wrap = {}, {}
     for group in groups:
         count = counts[group.id]
-        producer = graph.layers[group.producers[0]]
-        keep[group.id] = np.arange(count)
-        wrap[id(producer)] = _wrap_function(method, count)
-    return rebuild(model, graph, keep, wrap)
+        if method.compact_width:
+            keep[group.id] = np.arange(count)  # consumers are built at the kept width
+        for path in group.producers:
+            wrap[id(graph.layers[path])] = _wrap_function(method, count, budget)
+    wrapped = rebuild(model, graph, keep, wrap, fold_constants=False)
+    method.validate(method_contexts(wrapped, with_macs=True)[0])
+    return wrapped
 
 
-def _wrap_function(method: PruningMethod, count: int):
+def _wrap_function(method: PruningMethod, count: int, budget: Budget):
     def wrap(layer: keras.layers.Layer) -> FilterPruningWrapper:
-        return FilterPruningWrapper(layer, method, out_channels=count)
+        return FilterPruningWrapper(
+            layer,
+            method,
+            kept_channels=count,
+            round_to=budget.round_to,
+            min_filters=budget.min_filters,
+        )
 
     return wrap
+
+
+def method_contexts(model: keras.Model, *, with_macs: bool = False) -> list[PruningContext]:
+    """One :class:`PruningContext` per method of a wrapped model (wrappers, groups, MACs).
+
+    Wrappers loaded from a file each hold their own copy of the method; copies
+    with equal configs are one method here, and the first copy runs its hooks.
+
+    Raises:
+        ValueError: the model has no filter-pruning wrapper.
+    """
+    wrappers = wrappers_of(model)
+    if not wrappers:
+        raise ValueError(
+            f"Model '{model.name}' has no filter-pruning wrapper; wrap it with "
+            "tffp.prune_filters(model, method) first."
+        )
+    graph = build_graph(model)
+    groups, skipped = owned_groups(graph)
+    for reason in skipped:
+        logging.warning("tf_filterprune: left whole: %s.", reason)
+    macs = MacsModel(model, graph) if with_macs else None
+    contexts: dict[tuple, PruningContext] = {}
+    for wrapper in wrappers:
+        key = wrapper.method.kind()
+        if key not in contexts:
+            contexts[key] = PruningContext(model, [], [], macs=macs)
+        contexts[key].wrappers.append(wrapper)
+    for group in groups:
+        contexts[group.leader.method.kind()].groups.append(group)
+    return list(contexts.values())

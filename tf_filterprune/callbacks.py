@@ -11,45 +11,88 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_filterprune.methods.base import TrainingProgress, wrappers_of
+from tf_filterprune.api import method_contexts
+from tf_filterprune.methods.base import PruningContext, TrainingProgress, wrappers_of
 
 
 class UpdateFilterPruning(keras.callbacks.Callback):
-    """Runs each wrapped layer's per-epoch and per-step updates.
+    """Runs every pruning method's hooks at train, epoch and step boundaries.
 
     Required when fitting a model returned by ``tffp.prune_filters``: without
     it, the first training step raises (as tfmot's ``UpdatePruningStep``).
+    Each method gets a :class:`~tf_filterprune.methods.base.PruningContext`
+    (its wrappers and groups, the MACs model, the optimizer and where training
+    is); hooks run eagerly after the optimizer step, outside the train step, so
+    the user's ``train_step``, optimizer and distribution strategy are untouched.
     """
 
     def on_train_begin(self, logs=None):
-        self._wrappers = wrappers_of(self.model)
-        self._stepped = [w for w in self._wrappers if w.method.has_step_updates()]
-        self._epoch = 0
-        if not self._wrappers:
-            raise ValueError(
-                "UpdateFilterPruning: the model has no filter-pruning wrapper; "
-                "wrap it with tffp.prune_filters(model, method) first."
-            )
+        self._contexts = method_contexts(self.model, with_macs=True)
+        self._stepped = [c for c in self._contexts if _method(c).has_step_updates()]
+        self._epoch, self._last_batch = 0, -1
+        spe = _steps_per_execution(self.model)
+        for context in self._contexts:
+            context.optimizer = getattr(self.model, "optimizer", None)
+            context.steps_per_execution = spe
+            context.progress = self._progress(None)
+            method = _method(context)
+            if spe > 1 and method.needs_every_step:
+                raise ValueError(
+                    f"{type(method).__name__} updates after every optimizer step; compile "
+                    f"the model with steps_per_execution=1 (got {spe})."
+                )
+            method.on_train_begin(context)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        total = self.params.get("epochs") if self.params else None
-        for wrapper in self._wrappers:
-            wrapper.method.on_epoch_begin(wrapper, epoch, total)
-            wrapper.epoch.assign(epoch)
+        self._epoch, self._last_batch = epoch, -1
+        for context in self._contexts:
+            context.progress = self._progress(None)
+            _method(context).on_epoch_begin(context)
+            for wrapper in context.wrappers:
+                wrapper.epoch.assign(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._stepped:
             return
+        progress = self._progress(int(batch), steps_run=int(batch) - self._last_batch)
+        self._last_batch = int(batch)
+        for context in self._stepped:  # the wrapper counts its steps itself, in the graph
+            context.progress = progress
+            _method(context).on_step_end(context)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for context in self._contexts:
+            context.progress = self._progress(None)
+            _method(context).on_epoch_end(context)
+
+    def on_train_end(self, logs=None):
+        for context in self._contexts:
+            _method(context).on_train_end(context)
+            context.cache.clear()
+
+    def _progress(self, batch: int | None, steps_run: int = 1) -> TrainingProgress:
         params = self.params or {}
-        progress = TrainingProgress(
+        return TrainingProgress(
             epoch=self._epoch,
-            batch=int(batch),
+            batch=batch,
             steps_per_epoch=params.get("steps"),
             total_epochs=params.get("epochs"),
+            steps_run=max(1, steps_run),
         )
-        for wrapper in self._stepped:  # the wrapper counts its steps itself, in the graph
-            wrapper.method.on_step_end(wrapper, progress)
+
+
+def _method(context: PruningContext):
+    return context.wrappers[0].method
+
+
+def _steps_per_execution(model: keras.Model) -> int:
+    value = getattr(model, "steps_per_execution", None) or getattr(
+        model, "_steps_per_execution", None
+    )
+    try:
+        return int(keras.ops.convert_to_numpy(value)) if value is not None else 1
+    except (TypeError, ValueError):
+        return 1
 
 
 class FilterPruningSummaries(keras.callbacks.Callback):

@@ -220,6 +220,8 @@ def layer_macs(
         >>> layer_macs(layer, [(None, 5, 4)], [(None, 5, 3)])  # 5*4*3 + 5*3 bias
         75
     """
+    if isinstance(layer, keras.layers.Wrapper):  # a pruning wrapper: its conv at its width
+        layer = layer.layer
     if not isinstance(layer, _COUNTED):
         return 0
     _check_known(layer, in_shapes + out_shapes, name)

@@ -1,4 +1,11 @@
-"""``strip_filter_pruning``: a wrapped model becomes a plain, physically smaller model."""
+"""``strip_filter_pruning``: a wrapped model becomes a plain, physically smaller model.
+
+Strip = unwrap, then cut. Every wrapper becomes the plain Conv2D that computes
+what it computes in inference mode (its method's producer weights); every method
+gives a :class:`~tf_filterprune.methods.base.ChannelPlan` per group it owns;
+the surgery applies the plans (it alone slices weights, merges consumer slices
+and folds the constant output of removed channels into consumer biases).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,44 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_filterprune.methods.base import FilterPruningWrapper
+from tf_filterprune.api import method_contexts
+from tf_filterprune.batchnorm import recalibrate_batchnorm
+from tf_filterprune.graph import build_graph
+from tf_filterprune.methods.base import ChannelPlan, FilterPruningWrapper, PrunedGroup
+from tf_filterprune.surgery import rebuild
 from tf_filterprune.surgery.cut import clone
 
 
-def strip_filter_pruning(model: keras.Model, verify_data: Any = None):
-    """Replaces every filter-pruning wrapper by a plain Conv2D of its compact width.
+def strip_filter_pruning(
+    model: keras.Model,
+    verify_data: Any = None,
+    *,
+    calibration_data: Any = None,
+    calibration_steps: int | None = 50,
+    notes: list[str] | None = None,
+):
+    """Replaces every filter-pruning wrapper by a plain Conv2D and cuts the channels.
 
-    The result has no wrapper classes, loads without ``custom_objects``, and
-    gives the wrapped model's inference-mode outputs. The wrapped model is not
-    modified.
+    The result has no wrapper classes, loads without ``custom_objects`` and,
+    when the methods' removed channels carry nothing (zeroed groups, binary
+    gates, converged clusters), gives the wrapped model's inference-mode outputs.
+    The wrapped model is not modified.
+
+    BatchNormalization after a short run: Keras' running statistics (momentum
+    0.99) lag the weights, so a wrapped model trained briefly may predict badly
+    in inference mode; ``calibration_data`` re-estimates them on the compact
+    model (:func:`tffp.recalibrate_batchnorm`). Do it before evaluating.
 
     Args:
         model: a model returned by :func:`tffp.prune_filters` (trained or not).
         verify_data: optional input batch; when given, the maximum absolute
             difference between the wrapped model and the compact one (both in
-            inference mode) is measured and returned too.
+            inference mode, before any recalibration) is measured and returned.
+        calibration_data: optional training batches (dataset, iterable or array)
+            on which the compact model's BN statistics are re-estimated.
+        calibration_steps: batches of ``calibration_data`` used.
+        notes: optional list that receives the surgery's notes (constants that
+            could not be folded exactly) and the methods' notes.
 
     Returns:
         The compact model, or ``(compact, max_abs_diff)`` with ``verify_data``.
@@ -33,6 +62,43 @@ def strip_filter_pruning(model: keras.Model, verify_data: Any = None):
     >>> wrapped = tffp.prune_filters(tffp.models.fashion_cnn(), tffp.DCFF(keep_ratio=0.25))
     >>> tffp.strip_filter_pruning(wrapped).get_layer("conv5").filters
     32
+    """
+    contexts = method_contexts(model, with_macs=True)
+    plans: dict[str, tuple[PrunedGroup, ChannelPlan]] = {}
+    for context in contexts:
+        method = context.wrappers[0].method
+        for group in context.groups:
+            plan = method.plan(group, context)
+            plans[group.leader.name] = (group, plan)
+            if plan.note and notes is not None:
+                notes.append(plan.note)
+    unwrapped = unwrap(model)
+    graph = build_graph(unwrapped)
+    keep, maps = {}, {}
+    for leader, (group, plan) in plans.items():
+        gid = graph.group_of_layer(graph.resolve(_path_of(model, leader))).id
+        _check_plan(group, plan)
+        if len(plan.keep) < group.size or plan.consumer_map is not None:
+            keep[gid] = plan.keep
+        if plan.consumer_map is not None:
+            maps[gid] = np.asarray(plan.consumer_map, dtype=np.float64)
+    compact = rebuild(unwrapped, graph, keep, consumer_maps=maps or None, notes=notes)
+    diff = None
+    if verify_data is not None:
+        expected = keras.ops.convert_to_numpy(model(verify_data, training=False))
+        got = keras.ops.convert_to_numpy(compact(verify_data, training=False))
+        diff = float(np.max(np.abs(expected - got)))
+    if calibration_data is not None:
+        recalibrate_batchnorm(compact, calibration_data, steps=calibration_steps)
+    return compact if verify_data is None else (compact, diff)
+
+
+def unwrap(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with every wrapper replaced by the plain layer it computes.
+
+    Full-width wrappers become their full-width conv (with the method's producer
+    weights: gates folded, branches folded); compact-width ones a conv of their
+    output width. Nothing is cut yet. The wrapped model is not modified.
     """
     pairs: list[tuple[Any, Any]] = []
 
@@ -45,14 +111,39 @@ def strip_filter_pruning(model: keras.Model, verify_data: Any = None):
         pairs.append((layer, twin))
         return twin
 
-    compact = clone(model, clone_layer)
+    plain = clone(model, clone_layer)
     for original, twin in pairs:
         if isinstance(original, FilterPruningWrapper):
             twin.set_weights(original.stripped_weights())
         elif original.weights:
             twin.set_weights(original.get_weights())
-    if verify_data is None:
-        return compact
-    expected = keras.ops.convert_to_numpy(model(verify_data, training=False))
-    got = keras.ops.convert_to_numpy(compact(verify_data, training=False))
-    return compact, float(np.max(np.abs(expected - got)))
+    return plain
+
+
+def _path_of(model: keras.Model, name: str) -> str:
+    """The graph path of the (possibly nested) layer called ``name``."""
+    for layer in model.layers:
+        if layer.name == name:
+            return name
+        if isinstance(layer, keras.Model):
+            try:
+                return f"{layer.name}/{_path_of(layer, name)}"
+            except KeyError:
+                continue
+    raise KeyError(name)
+
+
+def _check_plan(group: PrunedGroup, plan: ChannelPlan) -> None:
+    keep = plan.keep
+    if keep.size == 0 or keep.min() < 0 or keep.max() >= group.size:
+        raise ValueError(
+            f"The plan for '{group.name}' keeps {keep.tolist()}; indices must be in "
+            f"[0, {group.size}) and at least one."
+        )
+    if len(np.unique(keep)) != keep.size:
+        raise ValueError(f"The plan for '{group.name}' keeps duplicate channels.")
+    if plan.consumer_map is not None and np.shape(plan.consumer_map) != (keep.size, group.size):
+        raise ValueError(
+            f"The consumer map for '{group.name}' must be {(keep.size, group.size)}, "
+            f"got {np.shape(plan.consumer_map)}."
+        )

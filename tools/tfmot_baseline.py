@@ -27,17 +27,22 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot needs tf_keras; set before TF l
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:  # for bench.timing (no Keras import) when not run as a script
+    sys.path.insert(0, str(TOOLS))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+
+from bench.timing import StepTimerMixin, ratio  # noqa: E402  (stdlib only)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "An .npz with x_train, y_train, x_test, y_test (uint8).")
@@ -64,27 +69,8 @@ INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
 
-class StepTimer(tf_keras.callbacks.Callback):
+class StepTimer(StepTimerMixin, tf_keras.callbacks.Callback):
     """Records the seconds of every training step after the first ``skip`` ones."""
-
-    def __init__(self, skip: int = 10):
-        super().__init__()
-        self.skip = skip
-        self.seconds: list[float] = []
-        self._seen = 0
-        self._start = 0.0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._seen += 1
-        if self._seen > self.skip:
-            self.seconds.append(time.perf_counter() - self._start)
-
-    def mean(self) -> float | None:
-        """Mean step time in seconds, or None when no step was timed."""
-        return statistics.fmean(self.seconds) if self.seconds else None
 
 
 def build_cnn() -> tf_keras.Model:
@@ -267,7 +253,7 @@ def main(argv: list[str]) -> None:
         "steps_per_epoch": steps_per_epoch,
         "step_time_wrapped_s": wrapped_step,
         "step_time_plain_s": plain_step,
-        "step_time_ratio": wrapped_step / plain_step if wrapped_step and plain_step else None,
+        "step_time_ratio": ratio(wrapped_step, plain_step),
         "train_seconds": train_seconds,
         "seconds": time.time() - started,
         "versions": {"tf_keras": tf_keras.__version__, "tfmot": tfmot.__version__},

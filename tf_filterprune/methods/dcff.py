@@ -96,6 +96,8 @@ class DCFF(PruningMethod):
     16
     """
 
+    compact_width = True
+
     def __init__(
         self,
         keep_ratio: float = 0.5,
@@ -159,13 +161,13 @@ class DCFF(PruningMethod):
             bias = keras.ops.einsum("o,mo->m", bias, keras.ops.cast(fusion, bias.dtype))
         return fused, bias
 
-    def on_epoch_begin(self, wrapper, epoch, total_epochs):
-        self._update(wrapper, epoch, total_epochs)
+    def layer_epoch_begin(self, wrapper, progress: TrainingProgress) -> None:
+        self._update(wrapper, progress.epoch, progress.total_epochs)
 
     def has_step_updates(self) -> bool:
         return self.updates_per_epoch > 1
 
-    def on_step_end(self, wrapper: FilterPruningWrapper, progress: TrainingProgress) -> None:
+    def layer_step_end(self, wrapper: FilterPruningWrapper, progress: TrainingProgress) -> None:
         """Updates ``updates_per_epoch - 1`` times within each epoch (the epoch start is the other)."""
         steps = progress.steps_per_epoch
         if not steps:
@@ -175,7 +177,9 @@ class DCFF(PruningMethod):
                 "of known cardinality), or use updates_per_epoch=1."
             )
         done = progress.batch + 1
-        if done < steps and _crosses_update(done, steps, self.updates_per_epoch):
+        if done < steps and _crosses_update(
+            done, steps, self.updates_per_epoch, progress.steps_run
+        ):
             self._update(wrapper, progress.epoch_fraction, progress.total_epochs)
 
     def _update(self, wrapper: FilterPruningWrapper, epoch: float, total_epochs: int | None):
@@ -202,7 +206,7 @@ class DCFF(PruningMethod):
         }
 
 
-def _crosses_update(done: int, steps: int, updates: int) -> bool:
-    """Whether finishing batch ``done`` (1-based) of ``steps`` reaches one of the
-    ``updates`` evenly spaced points of the epoch (``i * steps / updates``)."""
-    return math.floor(done * updates / steps) > math.floor((done - 1) * updates / steps)
+def _crosses_update(done: int, steps: int, updates: int, run: int = 1) -> bool:
+    """Whether the batches ``done - run + 1 .. done`` (1-based) of ``steps`` reach one of
+    the ``updates`` evenly spaced points of the epoch (``i * steps / updates``)."""
+    return math.floor(done * updates / steps) > math.floor((done - run) * updates / steps)

@@ -1,7 +1,9 @@
 """Model surgery: physically remove channels, every coupled layer cut to match."""
 
+from tf_filterprune.surgery.constants import ConsumerFold, analyze_folds
 from tf_filterprune.surgery.cut import (
     LayerCut,
+    compact_weights,
     plan_cuts,
     prune_channels,
     rebuild,
@@ -9,12 +11,20 @@ from tf_filterprune.surgery.cut import (
     slice_weights,
     zeroed_copy,
 )
+from tf_filterprune.surgery.plan import GroupPlan, SurgeryPlan, make_plan, remap_axis
 
 __all__ = [
+    "ConsumerFold",
+    "GroupPlan",
     "LayerCut",
+    "SurgeryPlan",
+    "analyze_folds",
+    "compact_weights",
+    "make_plan",
     "plan_cuts",
     "prune_channels",
     "rebuild",
+    "remap_axis",
     "resolve_keep",
     "slice_weights",
     "zeroed_copy",

@@ -1,10 +1,17 @@
 """Model surgery: rebuild a model with fewer channels, every coupled layer cut to match.
 
 The surgery knows nothing of importance: it takes, per channel group, the
-indices to keep, rebuilds the model with ``keras.models.clone_model`` (each
-changed layer re-created from its config at its new width) and copies the
-sliced weights. Which axis of which weight follows which channels comes from
-the registry (:mod:`tf_filterprune.graph.registry`).
+indices to keep (and optionally a consumer map), rebuilds the model with
+``keras.models.clone_model`` (each changed layer re-created from its config at
+its new width) and copies the sliced weights. Which axis of which weight
+follows which channels comes from the registry
+(:mod:`tf_filterprune.graph.registry`).
+
+The contract (checked by the tests on every model): the compact model equals
+:func:`zeroed_copy`, the same-shape model in which only the removed channels'
+producer kernel slices are zero. A removed channel then outputs a constant,
+which :func:`rebuild` folds into its consumers' biases
+(:mod:`tf_filterprune.surgery.constants`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_filterprune.graph import ChannelGraph, build_graph, registry
+from tf_filterprune.graph import ChannelGraph, LayerCall, Layout, build_graph, registry
+from tf_filterprune.surgery.constants import FoldMode, analyze_folds, check_mode, fold_notes
+from tf_filterprune.surgery.plan import (
+    SurgeryPlan,
+    indices_of,
+    is_consumer,
+    make_plan,
+    mixing_axis,
+    remap_axis,
+)
 
 
 @dataclass
@@ -69,15 +85,11 @@ def plan_cuts(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> dict[int, 
 
 
 def slice_weights(layer: keras.Layer, cut: LayerCut) -> list[np.ndarray]:
-    """The layer's weights with the cut applied on every channel axis."""
+    """The layer's weights with the cut (plain selection) applied on every channel axis."""
     sliced = []
     for name, value, axes in registry.weights_with_axes(layer):
         if axes is None:
-            raise ValueError(
-                f"Layer '{layer.name}' ({type(layer).__name__}) has a weight '{name}' that the "
-                "channel registry does not know how to cut; register a rule for this layer "
-                "class with tf_filterprune.graph.register_layer."
-            )
+            raise ValueError(_unknown_weight(layer, name))
         for axis, side in axes.items():
             idx = cut.side(side)
             if idx is not None:
@@ -91,8 +103,19 @@ def rebuild(
     graph: ChannelGraph,
     keep: Mapping[int, np.ndarray],
     wrap: Mapping[int, Callable[[keras.Layer], keras.layers.Wrapper]] | None = None,
+    *,
+    consumer_maps: Mapping[int, Any] | None = None,
+    fold_constants: FoldMode = True,
+    notes: list[str] | None = None,
 ) -> keras.Model:
     """Builds the compact model: same names, inputs and outputs, weights sliced.
+
+    The contract: the compact model equals the model in which only the removed
+    channels' producer kernel slices are zeroed (:func:`zeroed_copy`). Such a
+    channel outputs a constant (the producer's bias through BatchNormalization,
+    activations, pooling...), which is folded into the bias of every consumer
+    (a layer mixing channels: Conv, Dense, Conv transpose, SeparableConv). A
+    consumer without a bias gets one.
 
     Args:
         model: the original model (not modified).
@@ -100,14 +123,55 @@ def rebuild(
         keep: group id -> sorted kept channel indices; groups not listed keep all.
         wrap: layer id -> function that wraps the (full-width) clone of that
             layer; the wrapper's output follows ``keep``, its inner layer keeps
-            all its output channels (its inputs are still cut).
+            all its output channels (its inputs are still cut). The removed
+            channels of a wrapped producer's group are not folded (the wrapper
+            forms those channels itself).
+        consumer_maps: group id -> ``(m, C)`` matrix for a group keeping ``m``
+            of its ``C`` channels: every mixing consumer's new input slice
+            ``i`` is ``sum_c M[i, c] * W[..., c, :]`` (selection for rows of the
+            identity at ``keep``; sums of members to merge a cluster onto its
+            representative). Per-channel layers in between are sliced by
+            ``keep``. Only channels not kept whose column of ``M`` is all zero
+            count as removed for folding.
+        fold_constants: True folds every removed channel's constant (the
+            interior value where a consumer does not see it evenly, e.g. a
+            'same'-padded 3x3 conv or a path through ZeroPadding); ``"exact"``
+            folds only where a bias represents it exactly and drops it
+            elsewhere; False drops every removed channel (no fold).
+        notes: if given, receives one human-readable string per consumer whose
+            fold was inexact or skipped.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tf_filterprune.graph import build_graph
+    >>> inp = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, padding="same", bias_initializer="ones", name="c")(inp)
+    >>> x = keras.layers.BatchNormalization()(x)
+    >>> model = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same", name="d")(x))
+    >>> graph = build_graph(model)
+    >>> notes = []
+    >>> compact = rebuild(model, graph, {graph.group_of_layer("c").id: np.array([0, 1])},
+    ...                   notes=notes)
+    >>> compact.get_layer("c").filters, len(notes)  # the 'same' 3x3 conv 'd' is noted
+    (2, 1)
     """
-    cuts = plan_cuts(graph, keep)
+    mode = check_mode(fold_constants)
     wrap = wrap or {}
+    plan = make_plan(graph, keep, consumer_maps, _wrapped_groups(graph, keep, wrap))
+    folds = analyze_folds(graph, plan) if mode is not False else {}
+    if notes is not None:
+        notes.extend(fold_notes(folds, plan, mode))
+    deltas = {
+        lid: fold.delta for lid, fold in folds.items() if fold.applies(mode) and fold.delta.any()
+    }
+    cuts = plan_cuts(graph, keep)
     pairs: list[tuple[Any, Any]] = []
 
     def clone_layer(layer):
         config = layer.get_config()
+        if id(layer) in deltas and not config.get("use_bias", True):
+            config = dict(config, use_bias=True)
         cut = cuts.get(id(layer))
         if id(layer) in wrap:
             twin = wrap[id(layer)](layer.__class__.from_config(config))
@@ -125,12 +189,95 @@ def rebuild(
         if not original.weights:
             continue
         cut = cuts.get(id(original))
-        if isinstance(twin, keras.layers.Wrapper):
+        if id(original) in wrap:
             twin = twin.layer
             cut = None if cut is None else dataclasses.replace(cut, outputs=None)
-        values = original.get_weights() if cut is None else slice_weights(original, cut)
-        twin.set_weights(values)
+        call = graph.first_call(original)
+        delta = deltas.get(id(original))
+        if call is None or (cut is None and delta is None and not _mapped_input(call, plan)):
+            twin.set_weights(original.get_weights())
+            continue
+        values = compact_weights(original, call, cut, plan, delta)
+        twin.set_weights([values[v.name] for v in twin.weights])
     return compact
+
+
+def compact_weights(
+    layer: keras.Layer,
+    call: LayerCall,
+    cut: LayerCut | None,
+    plan: SurgeryPlan,
+    delta: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Weight name -> the compact layer's value: sliced, mapped and bias-folded.
+
+    A mixing weight's input axis takes the groups' consumer ops (selection or
+    consumer map); every other channel axis is sliced by ``cut``. ``delta`` (full
+    output width) is added to the bias before the output axis is sliced.
+    """
+    values = {}
+    for name, value, axes in registry.weights_with_axes(layer):
+        if axes is None:
+            raise ValueError(_unknown_weight(layer, name))
+        values[name] = value
+    if delta is not None:
+        bias = values.get("bias", np.zeros(delta.shape, dtype=np.float32))
+        values["bias"] = (bias + delta).astype(bias.dtype)
+    rule = registry.rule_for(layer)
+    axes_by_name = dict(rule.axes_for(layer))
+    axes_by_name.setdefault("bias", {0: registry.OUT})
+    return {
+        name: _compact_weight(value, axes_by_name[name], layer, call, cut, plan)
+        for name, value in values.items()
+    }
+
+
+def _compact_weight(value, axes, layer, call, cut, plan) -> np.ndarray:
+    mixing = mixing_axis(axes)
+    for axis, side in axes.items():
+        if mixing is not None and axis == mixing[0]:
+            value = remap_axis(value, axis, _input_layout(layer, call, side), plan.consumer_op)
+            continue
+        idx = None if cut is None else cut.side(side)
+        if idx is not None:
+            value = np.take(value, idx, axis=axis)
+    return value
+
+
+def _input_layout(layer: keras.Layer, call: LayerCall, side: str) -> Layout:
+    layout = call.in_layouts[0]
+    if side == registry.IN_EXPANDED:
+        return layout.expanded(registry.rule_for(layer).expansion(layer))
+    return layout
+
+
+def _mapped_input(call: LayerCall, plan: SurgeryPlan) -> bool:
+    """True when the call's input carries a group with a (non-selection) consumer map."""
+    if not call.in_layouts or not is_consumer(call.layer):
+        return False
+    return any(
+        (group := plan.group_of_space(s)) is not None and group.matrix is not None
+        for s in call.in_layouts[0].spaces
+    )
+
+
+def _wrapped_groups(graph: ChannelGraph, keep: Mapping[int, np.ndarray], wrap: Mapping) -> set:
+    """Groups (in ``keep``) with a producer that ``wrap`` replaces."""
+    if not wrap:
+        return set()
+    return {
+        g.id
+        for g in graph.groups()
+        if g.id in keep and any(id(graph.layers[p]) in wrap for p in g.producers)
+    }
+
+
+def _unknown_weight(layer: keras.Layer, name: str) -> str:
+    return (
+        f"Layer '{layer.name}' ({type(layer).__name__}) has a weight '{name}' that the "
+        "channel registry does not know how to cut; register a rule for this layer "
+        "class with tf_filterprune.graph.register_layer."
+    )
 
 
 def clone(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Model:
@@ -148,43 +295,104 @@ def clone(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Mod
     )
 
 
-def _removed(kept: np.ndarray | None, width: int) -> np.ndarray | None:
-    if kept is None:
-        return None
-    return np.setdiff1d(np.arange(width), kept)
-
-
 def zeroed_copy(
-    model: keras.Model, graph: ChannelGraph, keep: Mapping[int, np.ndarray]
+    model: keras.Model,
+    graph: ChannelGraph,
+    keep: Mapping[int, np.ndarray],
+    *,
+    consumer_maps: Mapping[int, Any] | None = None,
+    fold_constants: FoldMode = True,
 ) -> keras.Model:
-    """A same-shape copy of ``model`` whose removed channels are exactly zero.
+    """The same-shape reference model that ``rebuild(..., fold_constants=...)`` reproduces.
 
-    Zeroes, for every removed channel, the producing filters and biases and the
-    gamma and beta of every normalization layer the channel passes through. For
-    such a model the compact model built by :func:`rebuild` gives the same
-    outputs (this is the surgery's contract, checked by the tests).
+    For every channel the compact model does not keep, the producer's kernel
+    slice is zeroed (for a SeparableConv the pointwise kernel's output slice);
+    biases, normalization parameters and statistics are kept, so a removed
+    channel outputs a constant. Then, at the consumers (layers mixing channels):
+
+    - ``fold_constants=True``: nothing more. The compact model equals this
+      reference wherever the fold is exact; where :func:`rebuild` notes an
+      inexact fold it matches away from the borders only.
+    - ``"exact"``: the consumer input slices of removed channels are zeroed at
+      the consumers where the fold is not exact (or the constant cannot be
+      determined). ``rebuild(..., fold_constants="exact")`` equals this
+      reference exactly, on every model.
+    - False: the consumer input slices of every removed channel are zeroed
+      (the constant is dropped everywhere, as ``rebuild(..., fold_constants=False)``).
+
+    With ``consumer_maps``, each consumer's kept rows take the map at full
+    width, the rows of merged members are zeroed and those of folded channels
+    kept (so the constant still flows).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tf_filterprune.graph import build_graph
+    >>> inp = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 1, name="c")(inp)
+    >>> model = keras.Model(inp, keras.layers.Conv2D(2, 1, name="d")(x))
+    >>> graph = build_graph(model)
+    >>> keep = {graph.group_of_layer("c").id: np.array([0, 1])}
+    >>> x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
+    >>> ref, compact = zeroed_copy(model, graph, keep), rebuild(model, graph, keep)
+    >>> bool(np.allclose(ref(x), compact(x), atol=1e-5))
+    True
     """
-    cuts = plan_cuts(graph, keep)
+    mode = check_mode(fold_constants)
+    plan = make_plan(graph, keep, consumer_maps)
+    folds = analyze_folds(graph, plan) if mode == "exact" else {}
     copy = clone(model, lambda layer: layer.__class__.from_config(layer.get_config()))
     copy.set_weights(model.get_weights())
-    for layer_id, cut in cuts.items():
-        call = graph.calls[layer_id][0]
-        layer = _find_clone(copy, call.path)
-        is_norm = isinstance(registry.rule_for(layer), registry.NormalizationRule)
-        values = []
-        for name, value, axes in registry.weights_with_axes(layer):
-            for axis, side in (axes or {}).items():
-                zero_side = side == registry.OUT or (is_norm and name in ("gamma", "beta"))
-                width = value.shape[axis]
-                removed = _removed(cut.side(side), width) if zero_side else None
-                if removed is not None and removed.size:
-                    value = value.copy()
-                    index = [slice(None)] * value.ndim
-                    index[axis] = removed
-                    value[tuple(index)] = 0.0
-            values.append(value)
-        layer.set_weights(values)
+    for calls in graph.calls.values():
+        call = calls[0]
+        if not is_consumer(call.layer) or not call.layer.weights:
+            continue
+        zeroed = _reference_zeroed(call, plan, folds, mode)
+        values = [
+            _reference_weight(value, axes, call, plan, zeroed)
+            for _, value, axes in registry.weights_with_axes(call.layer)
+        ]
+        _find_clone(copy, call.path).set_weights(values)
     return copy
+
+
+def _reference_zeroed(call: LayerCall, plan: SurgeryPlan, folds: dict, mode: FoldMode):
+    """``space -> channels`` whose consumer input slice the reference zeroes."""
+    empty = np.zeros((0,), np.int64)
+    if mode is False:
+        return plan.folded_of
+    if mode is True or id(call.layer) not in folds:
+        return lambda space: empty
+    by_group = folds[id(call.layer)].zeroed_in_reference(mode)
+    return lambda space: by_group.get(plan.graph.find(space), empty)
+
+
+def _reference_weight(value, axes, call: LayerCall, plan: SurgeryPlan, zeroed) -> np.ndarray:
+    """One weight of the reference: removed output slices zero, input rows mapped/zeroed."""
+    mixing = mixing_axis(axes)
+    if mixing is None:
+        return value
+    value = value.copy()
+    out_axis = next(a for a, s in axes.items() if s == registry.OUT)
+    _zero(value, out_axis, indices_of(call.out_layouts[0], lambda s: _not_kept(plan, s)))
+    layout = _input_layout(call.layer, call, mixing[1])
+    value = remap_axis(value, mixing[0], layout, plan.full_width_op)
+    _zero(value, mixing[0], indices_of(layout, zeroed))
+    return value
+
+
+def _not_kept(plan: SurgeryPlan, space: int) -> np.ndarray:
+    group = plan.group_of_space(space)
+    if group is None:
+        return np.zeros((0,), np.int64)
+    return np.setdiff1d(np.arange(group.size), group.keep)
+
+
+def _zero(value: np.ndarray, axis: int, idx: np.ndarray) -> None:
+    if idx.size:
+        index = [slice(None)] * value.ndim
+        index[axis] = idx
+        value[tuple(index)] = 0.0
 
 
 def _find_clone(model: keras.Model, path: str) -> keras.Layer:
@@ -248,17 +456,28 @@ def resolve_keep(graph: ChannelGraph, keep: Mapping[str, Sequence[int]]) -> dict
     return by_group
 
 
-def prune_channels(model: keras.Model, keep: Mapping[str, Sequence[int]]) -> keras.Model:
+def prune_channels(
+    model: keras.Model,
+    keep: Mapping[str, Sequence[int]],
+    *,
+    consumer_maps: Mapping[str, Any] | None = None,
+    fold_constants: FoldMode = True,
+    notes: list[str] | None = None,
+) -> keras.Model:
     """Returns a compact copy of ``model`` keeping only the given output channels.
 
     Every layer coupled to a named layer (BatchNormalization, the next conv's
     input slice, the other branches of a residual ``Add``, a Concatenate's
-    consumer, a Flatten -> Dense's rows) is cut to match. The input model is
-    not modified.
+    consumer, a Flatten -> Dense's rows) is cut to match, and the constant
+    output of each removed channel is folded into its consumers' biases (see
+    :func:`rebuild`). The input model is not modified.
 
     Args:
         model: a built Functional or Sequential Keras model.
         keep: layer name -> indices of its output channels to keep.
+        consumer_maps: layer name (as in ``keep``) -> ``(len(keep), C)`` consumer map.
+        fold_constants: True, ``"exact"`` or False (see :func:`rebuild`).
+        notes: if given, receives the notes of inexact or skipped folds.
 
     Returns:
         A new model with the same layer names, inputs and outputs.
@@ -274,4 +493,14 @@ def prune_channels(model: keras.Model, keep: Mapping[str, Sequence[int]]) -> ker
     3
     """
     graph = build_graph(model)
-    return rebuild(model, graph, resolve_keep(graph, keep))
+    by_group = resolve_keep(graph, keep)
+    maps = {}
+    for name, matrix in (consumer_maps or {}).items():
+        path = graph.resolve(name)
+        gid = graph.group_of_layer(path).id
+        if gid not in by_group:
+            raise ValueError(f"consumer_maps names '{path}', which `keep` does not prune.")
+        maps[gid] = matrix
+    return rebuild(
+        model, graph, by_group, consumer_maps=maps, fold_constants=fold_constants, notes=notes
+    )
