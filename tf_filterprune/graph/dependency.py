@@ -254,19 +254,7 @@ class GraphBuilder:
         return self.graph
 
     def _walk(self, model: keras.Model, in_layouts: list[Layout], prefix: str) -> list[Layout]:
-        function = functional_of(model)
-        layouts = {id(t): lay for t, lay in zip(function.inputs, in_layouts, strict=True)}
-        by_depth = function._nodes_by_depth
-        for depth in sorted(by_depth, reverse=True):
-            for node in by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    continue
-                if any(id(t) not in layouts for t in node.input_tensors):
-                    continue
-                ins = [layouts[id(t)] for t in node.input_tensors]
-                outs = self._apply(node, ins, prefix)
-                layouts.update({id(t): lay for t, lay in zip(node.outputs, outs, strict=True)})
-        return [layouts[id(t)] for t in function.outputs]
+        return walk_nodes(model, in_layouts, lambda node, ins: self._apply(node, ins, prefix))
 
     def _apply(self, node: Any, ins: list[Layout], prefix: str) -> list[Layout]:
         layer = node.operation
@@ -304,6 +292,27 @@ class GraphBuilder:
             for a, b in zip(first.out_layouts, call.out_layouts, strict=False):
                 self.unify([a, b], call.layer)
         previous.append(call)
+
+
+def walk_nodes(model: keras.Model, inputs: list[Any], apply: Any) -> list[Any]:
+    """Carries one value per tensor through a Functional model's nodes in order.
+
+    ``apply(node, input_values) -> output_values`` runs for every layer or
+    operation node whose inputs all have values (nodes off the inputs' paths are
+    skipped); returns the values of the model's outputs.
+    """
+    function = functional_of(model)
+    values = {id(t): v for t, v in zip(function.inputs, inputs, strict=True)}
+    by_depth = function._nodes_by_depth
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            if any(id(t) not in values for t in node.input_tensors):
+                continue
+            outs = apply(node, [values[id(t)] for t in node.input_tensors])
+            values.update({id(t): v for t, v in zip(node.outputs, outs, strict=True)})
+    return [values[id(t)] for t in function.outputs]
 
 
 def _shapes(tensors) -> list[tuple]:

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from tf_filterprune.graph import ChannelGraph, registry
-from tf_filterprune.graph.dependency import functional_of
+from tf_filterprune.graph.dependency import functional_of, walk_nodes
 from tf_filterprune.surgery.plan import SurgeryPlan, channel_table, indices_of, is_consumer
 
 FoldMode = bool | str  # True, "exact" or False
@@ -187,19 +187,7 @@ class _Walker:
 
     # ------------------------------------------------------------ the walk
     def _walk(self, model: keras.Model, probes: list[Probe]) -> list[Probe]:
-        function = functional_of(model)
-        values = {id(t): p for t, p in zip(function.inputs, probes, strict=True)}
-        by_depth = function._nodes_by_depth
-        for depth in sorted(by_depth, reverse=True):
-            for node in by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    continue
-                if any(id(t) not in values for t in node.input_tensors):
-                    continue
-                ins = [values[id(t)] for t in node.input_tensors]
-                outs = self._node(node, ins)
-                values.update({id(t): p for t, p in zip(node.outputs, outs, strict=True)})
-        return [values[id(t)] for t in function.outputs]
+        return walk_nodes(model, probes, self._node)
 
     def _node(self, node: Any, ins: list[Probe]) -> list[Probe]:
         layer = node.operation

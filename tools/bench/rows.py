@@ -202,5 +202,13 @@ register(
         default=False,
     )
 )
+register(
+    MethodRow(
+        "dpfps_lam10",
+        lambda config: tffp.DPFPS(target_macs_reduction=config.macs_reduction, lam=10.0),
+        allocates_itself=True,
+        default=False,
+    )
+)
 register(TfmotRow("tfmot_50", sparsity=0.5, default=False))
 register(TfmotRow("tfmot_75", sparsity=0.75, default=False))
