@@ -19,6 +19,9 @@ setup(
         "tensorboard",
     ],
     extras_require={
+        # ai-edge-litert runs and inspects TFLite models (tf_filterprune.export's
+        # predict_tflite, measure_latency, tflite_ops...); conversion needs only TF.
+        "export": ["ai-edge-litert"],
         "test": [
             "pytest",
             "pytest-xdist",

@@ -8,7 +8,11 @@ exported in inference mode and folded into the preceding convolution by the
 converter.
 
 Models are run with ``ai_edge_litert.interpreter.Interpreter`` (the
-``tf.lite.Interpreter`` is deprecated).
+``tf.lite.Interpreter`` is deprecated). ai-edge-litert is an optional extra
+(``pip install 'tf_filterprune[export]'``), imported only by the helpers that
+parse or run a flatbuffer (:func:`tflite_ops`, :func:`predict_tflite`,
+:func:`measure_latency`...); without it they raise ImportError naming the
+extra, and conversion (:func:`to_saved_model`, :func:`to_tflite`) still works.
 
 Example:
     >>> import keras, numpy as np
@@ -23,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import statistics
 import tempfile
@@ -31,13 +37,15 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert import schema_py_generated as tfl_schema
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+if TYPE_CHECKING:
+    from ai_edge_litert.interpreter import Interpreter
 
 __all__ = [
     "QUANTIZATIONS",
@@ -57,11 +65,37 @@ QUANTIZATIONS = ("float", "float16", "dynamic", "int8")
 
 TFLiteSource = bytes | bytearray | str | os.PathLike
 
-_BUILTIN_OP_NAMES: dict[int, str] = {
-    code: name
-    for name, code in vars(tfl_schema.BuiltinOperator).items()
-    if not name.startswith("_") and isinstance(code, int)
-}
+#: How to install the optional LiteRT dependency (named in the ImportError).
+EXPORT_EXTRA = "pip install 'tf_filterprune[export]'"
+
+
+def _litert(module: str) -> ModuleType:
+    """``ai_edge_litert.<module>``, imported on first use (ai-edge-litert is an extra).
+
+    Raises:
+        ImportError: ai-edge-litert is not installed; the message names the extra.
+    """
+    try:
+        return importlib.import_module(f"ai_edge_litert.{module}")
+    except ImportError as err:
+        raise ImportError(
+            "This tf_filterprune.export helper parses or runs TFLite models with "
+            "ai-edge-litert (the LiteRT interpreter), an optional dependency that is not "
+            f"installed: {EXPORT_EXTRA} (or pip install ai-edge-litert)."
+        ) from err
+
+
+def _schema() -> ModuleType:
+    return _litert("schema_py_generated")
+
+
+@functools.cache
+def _builtin_op_names() -> dict[int, str]:
+    return {
+        code: name
+        for name, code in vars(_schema().BuiltinOperator).items()
+        if not name.startswith("_") and isinstance(code, int)
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -270,6 +304,7 @@ def to_tflite(
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         >>> data = [np.random.rand(8, 4).astype("float32")]
         >>> flat = to_tflite(model, quantization="int8", representative_data=data)
+        >>> from ai_edge_litert.interpreter import Interpreter
         >>> Interpreter(model_content=flat).get_input_details()[0]["dtype"].__name__
         'int8'
     """
@@ -310,10 +345,10 @@ def _as_bytes(tflite_model: TFLiteSource) -> bytes:
 def _opcode_name(opcode: Any) -> str:
     """Name of an OperatorCode table entry (builtin name or custom code)."""
     code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
-    if code == tfl_schema.BuiltinOperator.CUSTOM:
+    if code == _schema().BuiltinOperator.CUSTOM:
         custom = opcode.CustomCode()
         return custom.decode() if isinstance(custom, bytes) else str(custom)
-    return _BUILTIN_OP_NAMES.get(code, f"BUILTIN_{code}")
+    return _builtin_op_names().get(code, f"BUILTIN_{code}")
 
 
 def tflite_ops(tflite_model: TFLiteSource) -> list[str]:
@@ -330,7 +365,7 @@ def tflite_ops(tflite_model: TFLiteSource) -> list[str]:
         ['FULLY_CONNECTED']
     """
     buf = _as_bytes(tflite_model)
-    fb_model = tfl_schema.Model.GetRootAs(buf, 0)
+    fb_model = _schema().Model.GetRootAs(buf, 0)
     names = [_opcode_name(fb_model.OperatorCodes(i)) for i in range(fb_model.OperatorCodesLength())]
     ops = []
     for s in range(fb_model.SubgraphsLength()):
@@ -362,10 +397,10 @@ def _make_interpreter(
     tflite_model: TFLiteSource, num_threads: int = 1, use_xnnpack: bool = True
 ) -> Interpreter:
     """Create and allocate a LiteRT interpreter."""
-    resolver = (
-        OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    )
-    interpreter = Interpreter(
+    litert = _litert("interpreter")
+    resolvers = litert.OpResolverType
+    resolver = resolvers.AUTO if use_xnnpack else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = litert.Interpreter(
         model_content=_as_bytes(tflite_model),
         num_threads=num_threads,
         experimental_op_resolver_type=resolver,

@@ -91,6 +91,59 @@ def select_groups(
     ]
 
 
+def refusals(
+    graph: ChannelGraph,
+    ignored_layers: Iterable[Any] = (),
+    prune_residual: bool = True,
+    min_filters: int = 1,
+) -> list[str]:
+    """One line per channel group that will not be pruned, with the reasons why.
+
+    Groups are named by the layers that produce their channels; a group with
+    no producing layer (a model input, the output of a refused layer) is named
+    by its reasons, which name the layers involved.
+    """
+    selected = {g.id for g in select_groups(graph, ignored_layers, prune_residual=True)}
+    named, unnamed = [], []
+    for g in graph.groups():
+        if g.reasons:
+            why = g.reasons
+        elif g.size <= 1:
+            why = ["has a single filter; there is nothing to prune"]
+        elif g.size <= int(min_filters):
+            why = [f"has {g.size} channels, not more than min_filters={int(min_filters)}"]
+        elif g.id not in selected:
+            why = ["its producer is in ignored_layers"]
+        elif g.residual and not prune_residual:
+            why = ["joined by a residual Add, and prune_residual=False"]
+        else:
+            continue
+        if g.producers:
+            names = ", ".join(f"'{p}'" for p in g.producers)
+            named.append(f"- {names} ({_channels(g.size)}): " + "; ".join(why))
+        else:
+            unnamed.append(f"- {_channels(g.size)} not made by a prunable layer: " + "; ".join(why))
+    return named + unnamed
+
+
+def _channels(count: int) -> str:
+    return f"{count} channel" + ("" if count == 1 else "s")
+
+
+def nothing_to_prune(
+    graph: ChannelGraph,
+    ignored_layers: Iterable[Any] = (),
+    prune_residual: bool = True,
+    min_filters: int = 1,
+) -> str:
+    """The error message for a model in which no channel group can be pruned."""
+    lines = refusals(graph, ignored_layers, prune_residual, min_filters)
+    return (
+        f"Nothing in model '{graph.model.name}' can be pruned: every channel group is "
+        "refused. Per group:\n" + "\n".join(lines or ["- (the model has no channel groups)"])
+    )
+
+
 def per_layer_ratios(
     graph: ChannelGraph, per_layer: Mapping[str, float] | None
 ) -> dict[int, float]:
@@ -263,6 +316,11 @@ def prune_once(
     Returns:
         A new, physically smaller Keras model with the same layer names.
 
+    Raises:
+        ValueError: bad arguments, or no channel group can be pruned at all
+            (every group refused: e.g. a ``channels_first`` model); the message
+            lists the reasons per group.
+
     Example:
 
     >>> import keras, tf_filterprune as tffp
@@ -285,6 +343,8 @@ def prune_once(
     groups = select_groups(graph, ignored_layers, prune_residual)
     budget = Budget(keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters))
     groups = [g for g in groups if g.size > budget.min_filters or g.id in budget.per_group]
+    if not groups:
+        raise ValueError(nothing_to_prune(graph, ignored_layers, prune_residual, min_filters))
     scores = _score(model, graph, groups, criterion, data, seed, taylor_steps, loss)
     if target_macs_reduction is None:
         return rebuild(model, graph, _top(groups, scores, _counts(groups, budget)))

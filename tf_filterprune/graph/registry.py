@@ -250,6 +250,23 @@ class ConcatenateRule(LayerRule):
         return [Layout(tuple(seg for lay in in_layouts for seg in lay.segments))]
 
 
+class LambdaRule(LayerRule):
+    """``Lambda``: an arbitrary Python function, so its channels are never cut.
+
+    The layers before and after it stay prunable where no channel group passes
+    through it (a ``Lambda(lambda t: t / 255.0)`` right after the input); a
+    group whose channels enter or leave a Lambda is left whole, with the reason
+    recorded. A user who knows their Lambdas are elementwise can register
+    ``LayerRule()`` for ``keras.layers.Lambda`` instead.
+    """
+
+    def check(self, layer, node):
+        return (
+            "is a Lambda layer: its effect on channels is unknown (an arbitrary Python "
+            "function), so the channels it reads and writes are left whole"
+        )
+
+
 def weights_with_axes(
     layer: keras.Layer, values: list | None = None
 ) -> list[tuple[str, Any, dict[int, str] | None]]:
@@ -334,6 +351,7 @@ def _register_builtins() -> None:
         register_layer(getattr(L, name), MergeRule(residual=True))
     register_layer(L.Multiply, MergeRule(residual=False))
     register_layer(L.Concatenate, ConcatenateRule())
+    register_layer(L.Lambda, LambdaRule())
 
 
 _register_builtins()

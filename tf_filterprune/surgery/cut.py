@@ -281,9 +281,21 @@ def _unknown_weight(layer: keras.Layer, name: str) -> str:
 
 
 def clone(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Model:
-    """``keras.models.clone_model`` (recursive), keeping the input layers' names."""
+    """``keras.models.clone_model`` (recursive), keeping the input layers' names.
+
+    ``Lambda`` layers bypass ``clone_function``: they are re-created around the
+    same Python function (see :func:`copy_lambda`), because their config does
+    not round trip (Keras refuses to deserialize a Python lambda). The channel
+    registry never cuts a Lambda, so the copy is always the right layer.
+    """
+
+    def clone_layer(layer):
+        if type(layer) is keras.layers.Lambda:
+            return copy_lambda(layer)
+        return clone_function(layer)
+
     if isinstance(model, keras.Sequential):
-        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+        return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(
             batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
@@ -291,7 +303,24 @@ def clone(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Mod
         model.input,
     )
     return keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=clone_function, recursive=True
+        model, input_tensors=inputs, clone_function=clone_layer, recursive=True
+    )
+
+
+def copy_lambda(layer: keras.layers.Lambda) -> keras.layers.Lambda:
+    """A new ``Lambda`` with the same function, arguments, name and dtype policy.
+
+    Built from the live objects of the in-memory model (trusted), not from the
+    config, so Python lambdas and closures survive.
+    """
+    return keras.layers.Lambda(
+        layer.function,
+        output_shape=layer._output_shape,
+        mask=layer.mask,
+        arguments=dict(layer.arguments),
+        name=layer.name,
+        dtype=layer.dtype_policy,
+        trainable=layer.trainable,
     )
 
 

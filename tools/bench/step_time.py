@@ -1,7 +1,7 @@
 """The quiet train-step ratio: every method row wrapped vs the plain compact CNN.
 
-Each round trains one epoch of each model in turn, in one process, so machine
-load hits all of them alike; the ratio is of the medians of all timed steps
+Each round trains one epoch of each model in turn (the order rotating from round to
+round), in one process, so machine load hits all of them alike; the ratio is of the medians of all timed steps
 (``step_time.json``).
 """
 
@@ -40,8 +40,11 @@ def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, 
     for model in models.values():
         compile_model(model, steps * rounds, config.lr)
     seconds: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
     for index in range(rounds):
-        for name, model in models.items():
+        order = names[index % len(names) :] + names[: index % len(names)]  # rotate: no slot bias
+        for name in order:
+            model = models[name]
             extra = [] if name in ("plain", "dense") else [tffp.callbacks.UpdateFilterPruning()]
             seconds[name] += timed_epoch(model, dataset, config, extra)
         print(
