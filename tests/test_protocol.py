@@ -15,7 +15,7 @@ from tf_filterprune.methods.base import wrappers_of
 METHODS = Path(tffp.__file__).resolve().parent / "methods"
 
 
-@pytest.mark.parametrize("module", ["dcff.py", "dpfps.py"])
+@pytest.mark.parametrize("module", ["dcff.py", "dpfps.py", "fcf.py"])
 def test_a_method_module_imports_only_base_graph_and_schedules(module):
     tree = ast.parse((METHODS / module).read_text())
     imported = set()

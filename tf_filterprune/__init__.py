@@ -35,6 +35,7 @@ from tf_filterprune.methods.base import (
 )
 from tf_filterprune.methods.dcff import DCFF
 from tf_filterprune.methods.dpfps import DPFPS
+from tf_filterprune.methods.fcf import FCF
 from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
 from tf_filterprune.strip import strip_filter_pruning
@@ -46,6 +47,7 @@ __all__ = [
     "ChannelPlan",
     "DCFF",
     "DPFPS",
+    "FCF",
     "PrunedGroup",
     "PruningContext",
     "FilterPruningWrapper",
