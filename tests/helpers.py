@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+import tf_filterprune as tffp
 from tf_filterprune.graph import build_graph
 from tf_filterprune.surgery import rebuild, zeroed_copy
 
@@ -110,3 +111,50 @@ def _get(model, path):
     for part in path.split("/"):
         layer = layer.get_layer(part)
     return layer
+
+
+# ------------------------------------------------- training-time method tests
+
+
+def tiny_data(shape=(12, 12, 3), n=32, classes=4, seed=0):
+    """Random images and integer labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    return x, rng.integers(0, classes, size=(n,)).astype("int32")
+
+
+def small_cnn(bn=True, padding="same", classes=4, shape=(12, 12, 3)):
+    """Three 3x3 convs (8, 16, 16 filters; BN and ReLU), global pooling, Dense head.
+
+    With ``padding="valid"`` a removed channel's constant reaches every position of
+    the next conv alike, so the surgery folds it exactly.
+    """
+    inputs = keras.Input(shape, name="input")
+    x = inputs
+    for i, width in enumerate((8, 16, 16), start=1):
+        x = keras.layers.Conv2D(width, 3, padding=padding, name=f"conv{i}")(x)
+        if bn:
+            x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(classes, name="fc")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def compiled(model, optimizer=None, **kwargs):
+    """``model`` compiled with SGD(0.05) (or ``optimizer``) and a logits cross-entropy."""
+    model.compile(
+        optimizer or keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+    return model
+
+
+def fit_pruning(model, x, y, epochs=2, batch_size=8, **kwargs):
+    """``model.fit`` with the pruning callback, unshuffled and silent."""
+    model.fit(
+        x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=False,
+        callbacks=[tffp.callbacks.UpdateFilterPruning()], **kwargs,
+    )  # fmt: skip
+    return model

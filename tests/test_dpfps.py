@@ -5,48 +5,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers as L
+from helpers import compiled, fit_pruning, small_cnn, tiny_data
 
 import tf_filterprune as tffp
 from tf_filterprune.api import method_contexts
 from tf_filterprune.methods import dpfps
 from tf_filterprune.methods.base import wrappers_of
 
-
-def tiny_data(shape=(12, 12, 3), n=32, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *shape)).astype("float32")
-    return x, rng.integers(0, classes, size=(n,)).astype("int32")
-
-
-def small_cnn(bn=True, classes=4, shape=(12, 12, 3)):
-    inputs = keras.Input(shape, name="input")
-    x = inputs
-    for i, width in enumerate((8, 16, 16), start=1):
-        x = L.Conv2D(width, 3, padding="same", name=f"conv{i}")(x)
-        if bn:
-            x = L.BatchNormalization(name=f"bn{i}")(x)
-        x = L.ReLU(name=f"relu{i}")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, L.Dense(classes, name="fc")(x), name="small_cnn")
-
-
-def compiled(model, lr=0.05, **kwargs):
-    model.compile(
-        keras.optimizers.SGD(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **kwargs,
-    )
-    return model
-
-
-def fit(model, x, y, epochs=2, **kwargs):
-    kwargs.setdefault("batch_size", 8)
-    model.fit(
-        x, y, epochs=epochs, verbose=0, shuffle=False,
-        callbacks=[tffp.callbacks.UpdateFilterPruning()], **kwargs,
-    )  # fmt: skip
-    return model
+fit = fit_pruning
 
 
 def context_of(wrapped):

@@ -1,11 +1,14 @@
 """CNN-FCF: its math alone (projections, ADMM, gate step), then the method on the protocol
 (binary gates, exact strip, save/resume, two replicas, mixed precision, coupled groups, errors)."""
 
+import functools
+
+import helpers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers as L
+from helpers import compiled
 
 import tf_filterprune as tffp
 from tf_filterprune.api import method_contexts
@@ -13,43 +16,9 @@ from tf_filterprune.methods import fcf
 from tf_filterprune.methods.base import wrappers_of
 from tf_filterprune.methods.fcf import FCF
 
-
-def tiny_data(shape=(12, 12, 3), n=64, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *shape)).astype("float32")
-    return x, rng.integers(0, classes, size=(n,)).astype("int32")
-
-
-def small_cnn(bn=True, padding="valid", classes=4, shape=(12, 12, 3)):
-    """``valid`` convs by default: a removed channel's constant reaches every position of
-    the next conv alike, so the surgery folds it exactly (``same`` padding: see below)."""
-    inputs = keras.Input(shape, name="input")
-    x = inputs
-    for i, width in enumerate((8, 16, 16), start=1):
-        x = L.Conv2D(width, 3, padding=padding, name=f"conv{i}")(x)
-        if bn:
-            x = L.BatchNormalization(name=f"bn{i}")(x)
-        x = L.ReLU(name=f"relu{i}")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, L.Dense(classes, name="fc")(x), name="small_cnn")
-
-
-def compiled(model, optimizer=None, **kwargs):
-    model.compile(
-        optimizer or keras.optimizers.SGD(0.05),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **kwargs,
-    )
-    return model
-
-
-def fit(model, x, y, epochs=8, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    model.fit(
-        x, y, epochs=epochs, verbose=0, shuffle=False,
-        callbacks=[tffp.callbacks.UpdateFilterPruning()], **kwargs,
-    )  # fmt: skip
-    return model
+tiny_data = functools.partial(helpers.tiny_data, n=64)
+small_cnn = functools.partial(helpers.small_cnn, padding="valid")  # exact folds, see helpers
+fit = functools.partial(helpers.fit_pruning, epochs=8, batch_size=4)
 
 
 def gates(wrapper):

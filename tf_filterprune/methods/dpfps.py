@@ -331,20 +331,25 @@ class DPFPS(PruningMethod):
     def on_epoch_begin(self, context: PruningContext) -> None:
         widths = self.allocate(context)
         self._store(context, widths)
-        context.cache["dpfps_prune_counts"] = [g.size - widths[g.id] for g in context.groups]
+        counts = [g.size - widths[g.id] for g in context.groups]
+        context.cache["dpfps_prune_counts"] = tf.constant(counts, tf.int32)
 
     def on_step_end(self, context: PruningContext) -> None:
         progress = context.progress
         milestone = self._milestone(context)
         done = progress.epoch_fraction if progress.epoch_fraction is not None else progress.epoch
-        tau = context.learning_rate() * self.lam * progressive_factor(done, milestone)
+        scale = self.lam * progressive_factor(done, milestone)  # tau = lr * scale
+        if scale < 1e-12:
+            return  # no shrink yet (p ~ 0 at the start, or lam = 0)
+        if context.optimizer is None:
+            raise ValueError("DPFPS's step hook needs the optimizer (it runs inside model.fit).")
         step = context.cache.get("dpfps_step")
         if step is None:
-            step = context.cache["dpfps_step"] = _ShrinkStep(context.groups)
+            step = context.cache["dpfps_step"] = _ShrinkStep(context.groups, context.optimizer)
         prune_counts = context.cache.get("dpfps_prune_counts")
         if prune_counts is None:  # a step hook called outside fit's epochs (tests)
             prune_counts = [g.size - int(g.leader.dpfps_width.numpy()) for g in context.groups]
-        step(tau, prune_counts)
+        step(scale, prune_counts)
 
     def _milestone(self, context: PruningContext) -> float:
         if self.first_milestone is not None:
@@ -397,14 +402,17 @@ def _first_milestone(context: PruningContext) -> float:
 class _ShrinkStep:
     """The per-step Taylor selection and group shrink of all groups, as one tf.function."""
 
-    def __init__(self, groups: list[PrunedGroup]):
+    def __init__(self, groups: list[PrunedGroup], optimizer: Any):
         self.groups = groups
+        self.optimizer = optimizer
         self._function = tf.function(self._shrink)
 
-    def __call__(self, tau: float, prune_counts: list[int]) -> None:
-        self._function(tf.constant(tau, tf.float32), tf.constant(prune_counts, tf.int32))
+    def __call__(self, scale: float, prune_counts: Any) -> None:
+        self._function(tf.constant(scale, tf.float32), tf.convert_to_tensor(prune_counts, tf.int32))
 
-    def _shrink(self, tau, prune_counts):
+    def _shrink(self, scale, prune_counts):
+        # the learning rate read in the graph: no eager read of the schedule per step
+        tau = tf.cast(self.optimizer.learning_rate, tf.float32) * scale
         # All factors from the weights as they are, then all the scaling: groups
         # overlap (a conv's filters are the previous group's consumer slice).
         factors = []
