@@ -1,5 +1,7 @@
 """The tfmot-shaped training API with DCFF: wrap -> fit -> strip, save/resume, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -405,3 +407,15 @@ def test_updates_within_the_epoch_need_its_length():
             shuffle=False,
             callbacks=[tffp.callbacks.UpdateFilterPruning()],
         )
+
+
+def test_strip_without_calibration_says_to_re_estimate_batchnorm(monkeypatch):
+    monkeypatch.setattr(tffp.strip, "_WARNED", [])
+    wrapped = tffp.prune_filters(vgg_sequential(), tffp.DCFF(keep_ratio=0.5))
+    with pytest.warns(UserWarning, match="recalibrate_batchnorm"):
+        tffp.strip_filter_pruning(wrapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process; calibration: never
+        tffp.strip_filter_pruning(wrapped)
+        monkeypatch.setattr(tffp.strip, "_WARNED", [])
+        tffp.strip_filter_pruning(wrapped, calibration_data=np.zeros((4, 16, 16, 3), "float32"))

@@ -9,6 +9,7 @@ and folds the constant output of removed channels into consumer biases).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -90,7 +91,34 @@ def strip_filter_pruning(
         diff = float(np.max(np.abs(expected - got)))
     if calibration_data is not None:
         recalibrate_batchnorm(compact, calibration_data, steps=calibration_steps)
+    elif _has_batchnorm(compact):
+        _warn_once_about_batchnorm()
     return compact if verify_data is None else (compact, diff)
+
+
+_WARNED: list[bool] = []
+
+
+def _has_batchnorm(model: keras.Model) -> bool:
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in _layers(model))
+
+
+def _layers(model: keras.Model):
+    for layer in model.layers:
+        yield from _layers(layer) if isinstance(layer, keras.Model) else (layer,)
+
+
+def _warn_once_about_batchnorm() -> None:
+    if _WARNED:
+        return
+    _WARNED.append(True)
+    warnings.warn(
+        "strip_filter_pruning: the compact model's BatchNormalization statistics are the "
+        "wrapped model's running averages, which lag the weights after a short run or a "
+        "cut; re-estimate them before evaluating (calibration_data=train_batches here, or "
+        "tffp.recalibrate_batchnorm(compact, train_batches)). This is said once per process.",
+        stacklevel=3,
+    )
 
 
 def unwrap(model: keras.Model) -> keras.Model:
