@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from tf_filterprune.api import method_contexts
-from tf_filterprune.batchnorm import recalibrate_batchnorm
+from tf_filterprune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tf_filterprune.graph import build_graph
 from tf_filterprune.methods.base import ChannelPlan, FilterPruningWrapper, PrunedGroup
 from tf_filterprune.surgery import rebuild
@@ -65,19 +65,19 @@ def strip_filter_pruning(
     32
     """
     contexts = method_contexts(model, with_macs=True)
-    plans: dict[str, tuple[PrunedGroup, ChannelPlan]] = {}
+    plans: list[tuple[PrunedGroup, ChannelPlan]] = []
     for context in contexts:
         method = context.wrappers[0].method
         for group in context.groups:
             plan = method.plan(group, context)
-            plans[group.leader.name] = (group, plan)
+            plans.append((group, plan))
             if plan.note and notes is not None:
                 notes.append(plan.note)
     unwrapped = unwrap(model)
     graph = build_graph(unwrapped)
     keep, maps = {}, {}
-    for leader, (group, plan) in plans.items():
-        gid = graph.group_of_layer(graph.resolve(_path_of(model, leader))).id
+    for group, plan in plans:
+        gid = graph.group_of_layer(group.paths[0]).id
         _check_plan(group, plan)
         if len(plan.keep) < group.size or plan.consumer_map is not None:
             keep[gid] = plan.keep
@@ -91,21 +91,12 @@ def strip_filter_pruning(
         diff = float(np.max(np.abs(expected - got)))
     if calibration_data is not None:
         recalibrate_batchnorm(compact, calibration_data, steps=calibration_steps)
-    elif _has_batchnorm(compact):
+    elif batchnorm_layers(compact):
         _warn_once_about_batchnorm()
     return compact if verify_data is None else (compact, diff)
 
 
 _WARNED: list[bool] = []
-
-
-def _has_batchnorm(model: keras.Model) -> bool:
-    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in _layers(model))
-
-
-def _layers(model: keras.Model):
-    for layer in model.layers:
-        yield from _layers(layer) if isinstance(layer, keras.Model) else (layer,)
 
 
 def _warn_once_about_batchnorm() -> None:
@@ -146,19 +137,6 @@ def unwrap(model: keras.Model) -> keras.Model:
         elif original.weights:
             twin.set_weights(original.get_weights())
     return plain
-
-
-def _path_of(model: keras.Model, name: str) -> str:
-    """The graph path of the (possibly nested) layer called ``name``."""
-    for layer in model.layers:
-        if layer.name == name:
-            return name
-        if isinstance(layer, keras.Model):
-            try:
-                return f"{layer.name}/{_path_of(layer, name)}"
-            except KeyError:
-                continue
-    raise KeyError(name)
 
 
 def _check_plan(group: PrunedGroup, plan: ChannelPlan) -> None:

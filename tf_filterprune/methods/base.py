@@ -146,6 +146,8 @@ class PrunedGroup:
         wrappers: the producer wrappers (several for a residual stream).
         members: every weight that follows the channels.
         residual: the group is a residual stream (joined by an ``Add``).
+        paths: the producers' paths in the model graph (the layers keep them when
+            unwrapped).
     """
 
     id: int
@@ -153,6 +155,7 @@ class PrunedGroup:
     wrappers: list[FilterPruningWrapper]
     members: list[GroupMember] = field(default_factory=list)
     residual: bool = False
+    paths: list[str] = field(default_factory=list)
 
     @property
     def leader(self) -> FilterPruningWrapper:
@@ -587,7 +590,8 @@ def owned_groups(graph: ChannelGraph) -> tuple[list[PrunedGroup], list[str]]:
         if reason:
             skipped.append(reason)
             continue
-        pruned = PrunedGroup(group.id, group.size, wrapped, residual=group.residual)
+        paths = list(group.producers)  # all wrapped (checked above)
+        pruned = PrunedGroup(group.id, group.size, wrapped, residual=group.residual, paths=paths)
         pruned.members = _members(graph, group.id, set(group.spaces), wrapped)
         groups.append(pruned)
     return groups, skipped

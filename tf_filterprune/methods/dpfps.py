@@ -318,10 +318,16 @@ class DPFPS(PruningMethod):
                 wrapper.dpfps_width.assign(int(widths[group.id]))
 
     def widths(self, context: PruningContext) -> dict[int, int]:
-        """The widths allocated last (allocated now if never)."""
+        """The widths allocated last (allocated now if never; kept for this context, as
+        the strip asks once per group)."""
+        cached = context.cache.get("dpfps_strip_widths")
+        if cached is not None:
+            return cached
         stored = {g.id: int(g.leader.dpfps_width.numpy()) for g in context.groups}
         if any(w < 1 for w in stored.values()):
             stored = self.allocate(context)
+        if context.progress is None:  # outside fit: the strip's context
+            context.cache["dpfps_strip_widths"] = stored
         return stored
 
     # ----------------------------------------------------------------- hooks
