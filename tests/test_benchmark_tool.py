@@ -132,10 +132,11 @@ def test_dcff_row_has_the_l1_widths(tmp_path):
 def test_step_time_ratios_cover_every_method_row(tmp_path):
     config = tiny_config(tmp_path, rows=rows.default_names())
     result = bench.measure_step_time_ratios(config, rounds=1)
-    assert list(result["ratio"]) == ["dcff", "dcff_steps", "dcff_paced", "dpfps"]
+    assert list(result["ratio"]) == ["dcff", "dcff_steps", "dcff_paced", "dpfps", "fcf"]
     assert set(result["median_step_s"]) == {*result["ratio"], "plain", "dense"}
     assert result["reference"] == {"dcff": "plain", "dcff_steps": "plain",
-                                   "dcff_paced": "plain", "dpfps": "dense"}  # fmt: skip
+                                   "dcff_paced": "plain", "dpfps": "dense",
+                                   "fcf": "dense"}  # fmt: skip
     assert all(value > 0 for value in result["ratio"].values())
     assert json.loads((tmp_path / "step_time.json").read_text()) == result
 
@@ -299,3 +300,13 @@ def test_ignored_layers_are_kept_whole_and_recorded(tmp_path):
     dcff = tffp.strip_filter_pruning(rows.get("dcff_paced").wrap(tffp.models.fashion_cnn(), kept))
     assert bench.conv_widths(dcff) == widths
     assert "conv1 kept whole" in bench.settings_text(kept)
+
+
+def test_fcf_row_pretrains_gates_strips_and_finetunes(tmp_path):
+    config = tiny_config(tmp_path, rows=("fcf",), epochs=3, pretrain_epochs=1)
+    bench.run_benchmark(config)
+    (record,) = read_runs(tmp_path / "runs.jsonl")
+    l1 = bench.conv_widths(bench.compact_architecture(config))
+    assert record["widths"] == l1
+    assert 0.0 <= record["accuracy_after_cut"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
+    assert record["strip_difference"] is not None and record["step_time_ratio"] > 0

@@ -38,6 +38,7 @@ from tf_filterprune.methods.dpfps import DPFPS
 from tf_filterprune.methods.fcf import FCF
 from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
+from tf_filterprune.recipes import PruneResult, prune_and_finetune
 from tf_filterprune.strip import strip_filter_pruning
 from tf_filterprune.surgery import prune_channels
 
@@ -49,6 +50,7 @@ __all__ = [
     "DPFPS",
     "FCF",
     "PrunedGroup",
+    "PruneResult",
     "PruningContext",
     "FilterPruningWrapper",
     "PruningMethod",
@@ -68,6 +70,7 @@ __all__ = [
     "profile",
     "prune_channels",
     "prune_once",
+    "prune_and_finetune",
     "recalibrate_batchnorm",
     "register_layer",
 ]

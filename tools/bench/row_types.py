@@ -28,6 +28,7 @@ from bench.protocol import (
     Data,
     RowResult,
     StepTimer,
+    compile_model,
     conv_widths,
     evaluate,
     plain_step_time,
@@ -144,16 +145,29 @@ class PretrainThenMethod:
         keras.utils.set_random_seed(seed)
         model = tffp.models.fashion_cnn()
         train(model, data.train(seed), config.pretrain_epochs, config)
-        wrapped = row.wrap(model, config)
-        compact, timer, reference = train_with_method(wrapped, data, seed, self.method_epochs)
-        after_cut = evaluate(compact, data)
-        rest = config.epochs - config.pretrain_epochs - self.method_epochs
-        train(compact, data.train(seed), rest, config)
+        timer = StepTimer(config.timing_skip)
+        result = tffp.prune_and_finetune(
+            model,
+            row.method(config),
+            data.train(seed),
+            method_epochs=self.method_epochs,
+            finetune_epochs=config.epochs - config.pretrain_epochs - self.method_epochs,
+            compile_fn=lambda model, steps: compile_model(model, steps, config.lr),
+            verify_data=data.bn_batches[0],
+            after_strip=lambda compact: evaluate(compact, data),
+            method_callbacks=[timer],
+            verbose=config.verbose,
+            **row.wrap_kwargs(config),
+        )
+        compact = result.model
         metrics = {
             "accuracy": evaluate(compact, data),
-            "accuracy_after_cut": after_cut,
+            "accuracy_after_cut": result.after_strip,
             "widths": conv_widths(compact),
+            "strip_difference": result.strip_difference,
+            "strip_notes": result.notes,
         }
+        reference = tffp.strip.unwrap(result.wrapped)
         metrics.update(step_time_metrics(reference, timer, data, seed))
         return RowResult(metrics, model=compact)
 

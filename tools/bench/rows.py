@@ -54,6 +54,9 @@ DPFPS_LAM = 30.0
 ~lr per weight for the expected-pruned groups to reach exactly zero in 5 epochs at lr 2e-3
 (the paper's 0.01 is for SGD at lr 0.1 over hundreds of epochs); measured, README."""
 
+FCF_METHOD_EPOCHS = 1
+"""FCF's ADMM epochs in the 5 (after ``pretrain_epochs`` dense, before fine-tuning)."""
+
 DCFF_T_START = 100.0
 """The ``dcff_t100`` experiment's starting temperature (1 in the paper)."""
 
@@ -177,6 +180,14 @@ register(
         lambda config: tffp.DPFPS(target_macs_reduction=config.macs_reduction, lam=DPFPS_LAM),
         recipe=from_scratch,
         allocates_itself=True,
+    )
+)
+
+register(
+    MethodRow(
+        "fcf",
+        lambda config: tffp.FCF.paced(FCF_METHOD_EPOCHS),
+        recipe=pretrain_then_method(FCF_METHOD_EPOCHS),
     )
 )
 
