@@ -182,4 +182,5 @@ class _Phases:
             steps_per_epoch=self.steps_per_epoch,
             callbacks=list(callbacks),
             verbose=self.verbose,
+            shuffle=False,  # a dataset shuffles itself
         )
