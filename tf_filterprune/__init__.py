@@ -40,7 +40,7 @@ from tf_filterprune.profiling import profile
 from tf_filterprune.pruner import prune_once
 from tf_filterprune.recipes import PruneResult, prune_and_finetune
 from tf_filterprune.strip import strip_filter_pruning
-from tf_filterprune.surgery import prune_channels
+from tf_filterprune.surgery import fold_parallel_branch, prune_channels
 
 __version__ = "0.1.0"
 
@@ -66,6 +66,7 @@ __all__ = [
     "wrappable_layers",
     "data",
     "export",
+    "fold_parallel_branch",
     "models",
     "profile",
     "prune_channels",

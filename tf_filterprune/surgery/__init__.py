@@ -1,5 +1,6 @@
 """Model surgery: physically remove channels, every coupled layer cut to match."""
 
+from tf_filterprune.surgery.branches import fold_parallel_branch
 from tf_filterprune.surgery.constants import ConsumerFold, analyze_folds
 from tf_filterprune.surgery.cut import (
     LayerCut,
@@ -20,6 +21,7 @@ __all__ = [
     "SurgeryPlan",
     "analyze_folds",
     "compact_weights",
+    "fold_parallel_branch",
     "make_plan",
     "plan_cuts",
     "prune_channels",
