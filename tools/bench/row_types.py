@@ -127,16 +127,22 @@ class FromScratch:
 class PretrainThenMethod:
     """Pretrain dense, wrap, train with the method, strip, fine-tune the compact model.
 
-    ``pretrain_epochs`` dense, ``method_epochs`` wrapped, the rest of ``epochs``
-    fine-tuning; ``accuracy_after_cut`` is the stripped model's, before fine-tuning.
+    ``pretrain_epochs`` dense (default: the config's), ``method_epochs`` wrapped, the
+    rest of ``epochs`` fine-tuning; ``accuracy_after_cut`` is the stripped model's,
+    before fine-tuning.
     """
 
     method_epochs: int = 1
+    pretrain_epochs: int | None = None
+
+    def pretrain(self, config: BenchmarkConfig) -> int:
+        """The dense epochs before the method."""
+        return config.pretrain_epochs if self.pretrain_epochs is None else self.pretrain_epochs
 
     def check(self, config: BenchmarkConfig) -> None:
-        if config.pretrain_epochs + self.method_epochs > config.epochs:
+        if self.pretrain(config) + self.method_epochs > config.epochs:
             raise ValueError(
-                f"pretrain_then_method needs pretrain_epochs ({config.pretrain_epochs}) + "
+                f"pretrain_then_method needs pretrain_epochs ({self.pretrain(config)}) + "
                 f"method_epochs ({self.method_epochs}) <= epochs ({config.epochs})"
             )
 
@@ -144,14 +150,15 @@ class PretrainThenMethod:
         config = data.config
         keras.utils.set_random_seed(seed)
         model = tffp.models.fashion_cnn()
-        train(model, data.train(seed), config.pretrain_epochs, config)
+        pretrain = self.pretrain(config)
+        train(model, data.train(seed), pretrain, config)
         timer = StepTimer(config.timing_skip)
         result = tffp.prune_and_finetune(
             model,
             row.method(config),
             data.train(seed),
             method_epochs=self.method_epochs,
-            finetune_epochs=config.epochs - config.pretrain_epochs - self.method_epochs,
+            finetune_epochs=config.epochs - pretrain - self.method_epochs,
             compile_fn=lambda model, steps: compile_model(model, steps, config.lr),
             verify_data=data.bn_batches[0],
             after_strip=lambda compact: evaluate(compact, data),
@@ -176,9 +183,11 @@ from_scratch = FromScratch()
 """The DCFF recipe: the method trains the compact network from scratch for all epochs."""
 
 
-def pretrain_then_method(method_epochs: int = 1) -> PretrainThenMethod:
+def pretrain_then_method(
+    method_epochs: int = 1, pretrain_epochs: int | None = None
+) -> PretrainThenMethod:
     """The recipe of methods applied to a pretrained model (FCF-style), see the class."""
-    return PretrainThenMethod(method_epochs)
+    return PretrainThenMethod(method_epochs, pretrain_epochs)
 
 
 @dataclass(frozen=True)
