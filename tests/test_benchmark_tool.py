@@ -132,11 +132,14 @@ def test_dcff_row_has_the_l1_widths(tmp_path):
 def test_step_time_ratios_cover_every_method_row(tmp_path):
     config = tiny_config(tmp_path, rows=rows.default_names())
     result = bench.measure_step_time_ratios(config, rounds=1)
-    assert list(result["ratio"]) == ["dcff", "dcff_steps", "dcff_paced", "dpfps", "fcf"]
+    assert list(result["ratio"]) == [
+        "dcff", "dcff_steps", "dcff_paced", "dpfps", "fcf", "clustering", "clustering_no_branch"
+    ]  # fmt: skip
     assert set(result["median_step_s"]) == {*result["ratio"], "plain", "dense"}
     assert result["reference"] == {"dcff": "plain", "dcff_steps": "plain",
                                    "dcff_paced": "plain", "dpfps": "dense",
-                                   "fcf": "dense"}  # fmt: skip
+                                   "fcf": "dense", "clustering": "dense",
+                                   "clustering_no_branch": "dense"}  # fmt: skip
     assert all(value > 0 for value in result["ratio"].values())
     assert json.loads((tmp_path / "step_time.json").read_text()) == result
 

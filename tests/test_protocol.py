@@ -15,8 +15,10 @@ from tf_filterprune.methods.base import wrappers_of
 METHODS = Path(tffp.__file__).resolve().parent / "methods"
 
 
-@pytest.mark.parametrize("module", ["dcff.py", "dpfps.py", "fcf.py"])
+@pytest.mark.parametrize("module", ["dcff.py", "dpfps.py", "fcf.py", "clustering.py"])
 def test_a_method_module_imports_only_base_graph_and_schedules(module):
+    """Methods sit above the graph and the surgery's pure kernel math (branch folds),
+    never the cutting code: they say what to keep, the surgery cuts."""
     tree = ast.parse((METHODS / module).read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -24,7 +26,11 @@ def test_a_method_module_imports_only_base_graph_and_schedules(module):
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names if "tf_filterprune" in a.name)
-    allowed = {"tf_filterprune.methods.base", "tf_filterprune.schedules"}
+    allowed = {
+        "tf_filterprune.methods.base",
+        "tf_filterprune.schedules",
+        "tf_filterprune.surgery.branches",
+    }
     assert {m for m in imported if not m.startswith("tf_filterprune.graph")} <= allowed
     source = (METHODS / module).read_text()
     for slicing in ("np.take(", "tf.gather(kernel", "set_weights("):

@@ -33,6 +33,7 @@ from tf_filterprune.methods.base import (
     PruningMethod,
     TrainingProgress,
 )
+from tf_filterprune.methods.clustering import FilterClustering
 from tf_filterprune.methods.dcff import DCFF
 from tf_filterprune.methods.dpfps import DPFPS
 from tf_filterprune.methods.fcf import FCF
@@ -49,6 +50,7 @@ __all__ = [
     "DCFF",
     "DPFPS",
     "FCF",
+    "FilterClustering",
     "PrunedGroup",
     "PruneResult",
     "PruningContext",

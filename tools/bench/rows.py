@@ -194,6 +194,14 @@ register(
     )
 )
 
+register(MethodRow("clustering", lambda config: tffp.FilterClustering(epochs=config.epochs)))
+register(
+    MethodRow(
+        "clustering_no_branch",
+        lambda config: tffp.FilterClustering(anti_blocking=False, epochs=config.epochs),
+    )
+)
+
 # Experiments: measured, not adopted (README "Tried and measured, not adopted").
 register(MethodRow("dcff_glorot", _dcff_steps, after_wrap=glorot_compact_scale, default=False))
 register(
