@@ -127,23 +127,32 @@ class FromScratch:
 class PretrainThenMethod:
     """Pretrain dense, wrap, train with the method, strip, fine-tune the compact model.
 
-    ``pretrain_epochs`` dense (default: the config's), ``method_epochs`` wrapped, the
-    rest of ``epochs`` fine-tuning; ``accuracy_after_cut`` is the stripped model's,
-    before fine-tuning.
+    ``pretrain_epochs`` dense (default: the config's), ``method_epochs`` wrapped
+    (default: all the rest), the rest of ``epochs`` fine-tuning; ``accuracy_after_cut``
+    is the stripped model's, before fine-tuning.
     """
 
-    method_epochs: int = 1
+    method_epochs: int | None = 1
     pretrain_epochs: int | None = None
 
     def pretrain(self, config: BenchmarkConfig) -> int:
         """The dense epochs before the method."""
         return config.pretrain_epochs if self.pretrain_epochs is None else self.pretrain_epochs
 
+    def with_method(self, config: BenchmarkConfig) -> int:
+        """The epochs with the method."""
+        if self.method_epochs is None:
+            return config.epochs - self.pretrain(config)
+        return self.method_epochs
+
     def check(self, config: BenchmarkConfig) -> None:
-        if self.pretrain(config) + self.method_epochs > config.epochs:
+        if (
+            self.with_method(config) < 1
+            or self.pretrain(config) + self.with_method(config) > config.epochs
+        ):
             raise ValueError(
                 f"pretrain_then_method needs pretrain_epochs ({self.pretrain(config)}) + "
-                f"method_epochs ({self.method_epochs}) <= epochs ({config.epochs})"
+                f"method_epochs ({self.with_method(config)} >= 1) <= epochs ({config.epochs})"
             )
 
     def run(self, row: MethodRow, data: Data, seed: int) -> RowResult:
@@ -157,8 +166,8 @@ class PretrainThenMethod:
             model,
             row.method(config),
             data.train(seed),
-            method_epochs=self.method_epochs,
-            finetune_epochs=config.epochs - pretrain - self.method_epochs,
+            method_epochs=self.with_method(config),
+            finetune_epochs=config.epochs - pretrain - self.with_method(config),
             compile_fn=lambda model, steps: compile_model(model, steps, config.lr),
             verify_data=data.bn_batches[0],
             after_strip=lambda compact: evaluate(compact, data),
@@ -184,7 +193,7 @@ from_scratch = FromScratch()
 
 
 def pretrain_then_method(
-    method_epochs: int = 1, pretrain_epochs: int | None = None
+    method_epochs: int | None = 1, pretrain_epochs: int | None = None
 ) -> PretrainThenMethod:
     """The recipe of methods applied to a pretrained model (FCF-style), see the class."""
     return PretrainThenMethod(method_epochs, pretrain_epochs)

@@ -54,8 +54,8 @@ DPFPS_LAM = 30.0
 ~lr per weight for the expected-pruned groups to reach exactly zero in 5 epochs at lr 2e-3
 (the paper's 0.01 is for SGD at lr 0.1 over hundreds of epochs); measured, README."""
 
-FCF_PRETRAIN_EPOCHS, FCF_METHOD_EPOCHS, FCF_RAMP = 1, 4, 0.5
-"""The ``fcf`` row's 5 epochs: 1 dense, 4 with FCF (gates binary and decided at half of
+FCF_PRETRAIN_EPOCHS, FCF_RAMP = 1, 0.5
+"""The ``fcf`` row's 5 epochs: 1 dense, the other 4 with FCF (gates binary and decided at half of
 them: the last 2 fine-tune under them, the learning rate decaying), then the strip. Seed
 0 of the experiments: ``fcf_p3m1`` (3 dense, 1 FCF ramped to 0.75, 1 fine-tune) 0.9135,
 ``fcf_p2m2`` (2 dense, 2 FCF ramped to 0.5, 1 fine-tune) 0.9144 (README)."""
@@ -189,8 +189,8 @@ register(
 register(
     MethodRow(
         "fcf",
-        lambda config: tffp.FCF.paced(FCF_METHOD_EPOCHS, ramp=FCF_RAMP),
-        recipe=pretrain_then_method(FCF_METHOD_EPOCHS, pretrain_epochs=FCF_PRETRAIN_EPOCHS),
+        lambda config: tffp.FCF.paced(config.epochs - FCF_PRETRAIN_EPOCHS, ramp=FCF_RAMP),
+        recipe=pretrain_then_method(None, pretrain_epochs=FCF_PRETRAIN_EPOCHS),
     )
 )
 
