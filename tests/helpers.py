@@ -97,13 +97,30 @@ def assert_surgery_contract(
     np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
-    for group in graph.groups():
-        for path in group.producers if group.id in keep else []:
-            layer = _get(compact, path)
-            width = getattr(layer, "filters", None) or getattr(layer, "units", None)
-            assert width == len(keep[group.id]), (path, width)
+    for path, width in _expected_producer_widths(graph, keep).items():
+        layer = _get(compact, path)
+        got = getattr(layer, "filters", None) or getattr(layer, "units", None)
+        assert got == width, (path, got, width)
     assert [layer.name for layer in compact.layers] == [layer.name for layer in model.layers]
     return compact
+
+
+def _expected_producer_widths(graph, keep) -> dict[str, int]:
+    """Producer path -> its compact width, for producers of a cut group.
+
+    A producer's output may span several groups (a Dense that gates a
+    Concatenate of two convs in a squeeze-excite block): its width is the sum of
+    their kept counts.
+    """
+    widths: dict[str, int] = {}
+    cut: set[str] = set()
+    for group in graph.groups():
+        kept = len(keep[group.id]) if group.id in keep else group.size
+        for path in group.producers:
+            widths[path] = widths.get(path, 0) + kept
+            if group.id in keep:
+                cut.add(path)
+    return {path: widths[path] for path in cut}
 
 
 def _get(model, path):
