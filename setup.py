@@ -31,5 +31,16 @@ setup(
             "ruff",
         ],
         "bench": ["ai-edge-litert", "tf-keras", "matplotlib"],
+        # Torch-Pruning, measured next to us by tools/peers.py. Install into a separate
+        # venv (bash tools/setup_peers.sh), not into .venv beside TensorFlow.
+        "peers": [
+            "torch==2.14.1; platform_machine=='x86_64'",
+            "torchvision==0.29.1; platform_machine=='x86_64'",
+            "torch==2.9.1; platform_machine=='aarch64'",
+            "torchvision==0.24.1; platform_machine=='aarch64'",
+            "torch-pruning>=1.6",
+            "numpy",
+            "absl-py",
+        ],
     },
 )
