@@ -154,9 +154,13 @@ def test_registry_defaults_and_pending_rows(monkeypatch, tmp_path):
         "dcff_steps",
         "dcff_paced",
         "dpfps",
+        "fcf",
+        "clustering",
+        "clustering_no_branch",
     )  # the rows of the recorded tables: their results must still be found
     assert bench.BenchmarkConfig(output_dir=tmp_path).rows == rows.default_names()
-    for name in ("dcff_glorot", "dcff_t100", "dcff_paced_u10", "tfmot_50", "tfmot_75"):
+    experiments = ("dcff_glorot", "dcff_t100", "dcff_paced_u10", "fcf_p3m1", "fcf_p2m2")
+    for name in (*experiments, "tfmot_50", "tfmot_75"):
         assert name in rows.names() and not rows.get(name).default  # README experiments
 
     dpfps = rows.get("dpfps")
