@@ -192,13 +192,16 @@ def test_the_branch_is_folded_exactly_into_a_strided_dilated_conv():
     wrapped = tffp.prune_filters(model, FilterClustering(0.5))
     randomize_branches(wrapped)
     x = np.random.default_rng(0).normal(size=(2, 23, 21, 3)).astype("float32")
-    # training: the branch is gamma * u / std(u), u = conv(x, pad(K1x1)) with a's geometry
+    # training: the branch is gamma * u / sqrt(var + eps), u = conv(x, pad(K1x1)) with a's
+    # geometry, var the moving variance after this batch's update (one kernel, one conv)
     a = wrapped.get_layer("a")
     a.epoch.assign(0)
     u = keras.ops.conv(x, pad_kernel(a.branch_kernel.numpy(), (3, 3)), 2, "same").numpy()
     main = keras.ops.conv(x, a.layer.kernel, 2, "same").numpy() + a.layer.bias.numpy()
-    want = main + a.branch_gamma.numpy() * u / np.sqrt(u.reshape(-1, 8).var(0) + 1e-3)
+    moving = 0.99 * a.branch_variance.numpy() + 0.01 * u.reshape(-1, 8).var(0)
+    want = main + a.branch_gamma.numpy() * u / np.sqrt(moving + 1e-3)
     np.testing.assert_allclose(a(x, training=True).numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.branch_variance.numpy(), moving, rtol=1e-5)
     plain = tffp.strip.unwrap(wrapped)  # full width: only the branch folded
     assert all(not isinstance(layer, tffp.FilterPruningWrapper) for layer in plain.layers)
     np.testing.assert_allclose(

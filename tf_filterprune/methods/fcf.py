@@ -453,10 +453,18 @@ class FCF(PruningMethod):
         return ramped_rho(fraction, self.rho, self.rho_max, self.rho_epochs)
 
     def on_step_end(self, context: PruningContext) -> None:
+        if context.cache.get("fcf_all_decided"):
+            return  # every gate is frozen: nothing left to update
         step = context.cache.get("fcf_step")
         if step is None:
             step = context.cache["fcf_step"] = _AdmmStep(self, gate_units(context))
         step(self.next_rho(context), _loss_scale(context.optimizer))
+        calls = context.cache["fcf_step_calls"] = context.cache.get("fcf_step_calls", 0) + 1
+        if calls % DECIDED_CHECK_STEPS == 0:  # a read syncs the device: not every step
+            context.cache["fcf_all_decided"] = all(
+                float(keras.ops.convert_to_numpy(unit[0].fcf_decided)) > 0.5
+                for unit in step.units
+            )
 
     # ----------------------------------------------------------------- strip
     def plan(self, group: PrunedGroup, context: PruningContext) -> ChannelPlan:
@@ -587,6 +595,12 @@ class _AdmmStep:
             for wrapper in unit:
                 for name, value in zip(_STATE, values, strict=True):
                     getattr(wrapper, f"fcf_{name}").assign(value)
+
+
+DECIDED_CHECK_STEPS = 25
+"""The step hook checks every this many steps whether every layer is decided; from then on
+it does nothing (the gates, duals and rho are frozen), so the rest of the run trains at
+the cost of the masked forward alone."""
 
 
 _STATE = ("gate", "z1", "z2", "y1", "y2", "rho", "decided")

@@ -248,5 +248,13 @@ register(
         default=False,
     )
 )
+register(
+    MethodRow(
+        "fcf_scratch",
+        lambda config: tffp.FCF.paced(config.epochs, ramp=FCF_RAMP),
+        recipe=from_scratch,
+        default=False,
+    )
+)
 register(TfmotRow("tfmot_50", sparsity=0.5, default=False))
 register(TfmotRow("tfmot_75", sparsity=0.75, default=False))
