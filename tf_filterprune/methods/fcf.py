@@ -462,8 +462,7 @@ class FCF(PruningMethod):
         calls = context.cache["fcf_step_calls"] = context.cache.get("fcf_step_calls", 0) + 1
         if calls % DECIDED_CHECK_STEPS == 0:  # a read syncs the device: not every step
             context.cache["fcf_all_decided"] = all(
-                float(keras.ops.convert_to_numpy(unit[0].fcf_decided)) > 0.5
-                for unit in step.units
+                float(keras.ops.convert_to_numpy(unit[0].fcf_decided)) > 0.5 for unit in step.units
             )
 
     # ----------------------------------------------------------------- strip
