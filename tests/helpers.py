@@ -46,13 +46,21 @@ def _all_layers(model):
 
 
 def random_keep(graph, ratio: float = 0.6, seed: int = 0) -> dict[int, np.ndarray]:
-    """A random kept subset of every prunable group."""
+    """A random kept subset of every prunable group (as many per block of a grouped conv)."""
     rng = np.random.default_rng(seed)
     keep = {}
     for group in graph.groups():
         if group.prunable:
-            n = max(1, int(round(group.size * ratio)))
-            keep[group.id] = np.sort(rng.choice(group.size, n, replace=False))
+            per_block = group.size // group.blocks
+            n = max(1, int(round(per_block * ratio)))
+            keep[group.id] = np.sort(
+                np.concatenate(
+                    [
+                        b * per_block + rng.choice(per_block, n, replace=False)
+                        for b in range(group.blocks)
+                    ]
+                )
+            )
     return keep
 
 

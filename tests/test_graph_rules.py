@@ -180,7 +180,8 @@ def test_separable_conv():
     assert compact.get_layer("sep").pointwise_kernel.shape[2:] == (10, 4)
 
 
-def test_grouped_conv_is_refused_with_reason():
+def test_grouped_conv_is_cut_within_its_groups():
+    # tests/test_grouped_conv.py has the rest; here: the rule's per-group constraint
     def build(x):
         x = conv(8, "c")(x)
         x = L.Conv2D(8, 3, padding="same", groups=2, name="grouped")(x)
@@ -188,11 +189,12 @@ def test_grouped_conv_is_refused_with_reason():
         return L.Conv2D(3, 1)(y)
 
     model = functional(build)
-    with pytest.raises(ValueError, match="grouped convolution"):
+    with pytest.raises(ValueError, match="same number in each of their 2 groups"):
         prune_channels(model, {"c": [0, 1, 2, 3]})
-    compact = assert_surgery_contract(model)  # the free conv is still cut
+    compact = assert_surgery_contract(model)
     assert compact.get_layer("free").filters == 4
-    assert compact.get_layer("grouped").filters == 8
+    assert compact.get_layer("grouped").filters == 4
+    assert compact.get_layer("grouped").groups == 2
 
 
 @pytest.mark.parametrize("style", ["conv", "dense_reshape"])

@@ -1,7 +1,8 @@
 """Property tests: randomly generated Functional CNNs satisfy the surgery contract.
 
 Each example is a random stack of blocks (``tests/model_gen.py``: convs, residual
-chains, Concatenate and split branches, depthwise, separable, squeeze-excite,
+chains, Concatenate and split branches, depthwise, separable, grouped convs
+(``groups`` 2 or 4, including groups == channels), squeeze-excite,
 keras.ops nodes, nested models, GAP / Flatten heads). For each, the surgery with a
 random keep set equals the kernel-zeroed reference
 (:func:`tests.helpers.assert_surgery_contract`), and ``prune_once`` with a random
@@ -38,13 +39,14 @@ concat = st.tuples(st.just("concat"), width, width)
 depthwise = st.tuples(st.just("depthwise"), st.sampled_from([1, 2]), st.booleans())
 separable = st.tuples(st.just("separable"), width)
 se = st.tuples(st.just("se"), st.sampled_from([1, 2, 4]))
+grouped = st.tuples(st.just("grouped"), st.sampled_from([2, 4]), st.integers(1, 3))
 pool = st.tuples(st.just("pool"))
 ops = st.tuples(st.just("ops"), st.sampled_from(model_gen.OPS_KINDS))
 
 FAMILIES = {
     "chains": st.one_of(conv, residual, pool),
     "branches": st.one_of(conv, concat, se, pool),
-    "depthwise": st.one_of(conv, depthwise, separable, residual),
+    "depthwise": st.one_of(conv, depthwise, separable, residual, grouped),
 }
 # keras.ops nodes (model_gen's "ops" blocks) join as a family once the graph handles
 # them (issue "Engine v2", item 1): FAMILIES["ops"] = st.one_of(conv, ops, residual, concat)

@@ -34,6 +34,7 @@ from tf_filterprune.pruner import (
     check_target,
     kept_count,
     per_layer_ratios,
+    refusals,
     select_groups,
 )
 from tf_filterprune.surgery import rebuild
@@ -83,6 +84,8 @@ def _wrappable(graph: ChannelGraph, group, method: PruningMethod | None = None) 
     """A group ``method`` can own: plain Conv2D producers only, one unless it takes coupled ones."""
     producers = [graph.layers[p] for p in group.producers]
     if not producers or not all(_plain_conv(layer) for layer in producers):
+        return False
+    if group.blocks > 1:  # read by a grouped conv: cut within its groups, by prune_once
         return False
     coupled = method is not None and method.takes_coupled_groups and not method.compact_width
     return len(producers) == 1 or coupled
@@ -137,10 +140,13 @@ def prune_filters(
     *,
     ignored_layers: Sequence[Any] = (),
     per_layer: Mapping[str, float] | None = None,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_filters: int = 1,
     target_macs_reduction: float | None = None,
     prune_residual: bool = False,
+    target_latency_reduction: float | None = None,
+    num_threads: int = 1,
+    latency_cache_dir: str | None = None,
 ) -> Any:
     """Wraps the prunable Conv2D layers of a model for filter pruning while training.
 
@@ -163,7 +169,8 @@ def prune_filters(
         method: a :class:`PruningMethod` such as ``tffp.DCFF(keep_ratio=0.5)``.
         ignored_layers: layers (or names) left unwrapped.
         per_layer: layer name -> keep ratio, overriding ``method.keep_ratio``.
-        round_to: kept filter counts are multiples of this.
+        round_to: kept filter counts are multiples of this, or ``"auto"`` (the
+            channel tile measured on this machine, see :func:`tffp.prune_once`).
         min_filters: no layer keeps fewer filters.
         target_macs_reduction: instead of ``method.keep_ratio``, the fraction of
             the model's MACs the stripped model removes (e.g. 0.5); the widths
@@ -171,6 +178,13 @@ def prune_filters(
             widths themselves (DPFPS) take it in their own constructor.
         prune_residual: also wrap the convs of residual streams (methods with
             ``takes_coupled_groups`` only).
+        target_latency_reduction: instead of ``method.keep_ratio`` or
+            ``target_macs_reduction``, the fraction of the TFLite latency the
+            stripped model removes; widths allocated by the measured latency
+            model, as in :func:`tffp.prune_once`.
+        num_threads: interpreter threads of the latency model.
+        latency_cache_dir: where latency models are cached (see
+            :mod:`tf_filterprune.latency`).
 
     Returns:
         A new model (or wrapped layer / list of layers).
@@ -181,6 +195,25 @@ def prune_filters(
     """
     if not isinstance(method, PruningMethod):
         raise ValueError(f"`method` must be a PruningMethod, got {type(method).__name__}.")
+    latency_budget = None
+    if target_latency_reduction is not None or isinstance(round_to, str):
+        from tf_filterprune import latency  # layer 5 (DESIGN.md), above this API: lazily
+
+        latency.check_latency_budget(
+            target_latency_reduction, target_macs_reduction=target_macs_reduction
+        )
+        round_to = latency.resolve_round_to(round_to, num_threads, latency_cache_dir)
+        if target_latency_reduction is not None:
+            latency_budget = {
+                "target_latency_reduction": target_latency_reduction,
+                "num_threads": num_threads,
+                "cache_dir": latency_cache_dir,
+            }
+    if method.allocates_widths and latency_budget is not None:
+        raise ValueError(
+            f"{type(method).__name__} allocates the widths itself: it takes no "
+            "target_latency_reduction."
+        )
     if int(round_to) < 1 or int(min_filters) < 1:
         raise ValueError("`round_to` and `min_filters` must be positive integers.")
     if method.allocates_widths and (target_macs_reduction is not None or per_layer):
@@ -191,7 +224,9 @@ def prune_filters(
         )
     if isinstance(to_prune, keras.Model):
         settings = (ignored_layers, per_layer, round_to, min_filters, target_macs_reduction)
-        return _prune_model(to_prune, method, *settings, prune_residual)
+        return _prune_model(
+            to_prune, method, *settings, prune_residual, latency_budget=latency_budget
+        )
     if isinstance(to_prune, list | tuple):
         return [prune_filters(layer, method) for layer in to_prune]
     if isinstance(to_prune, keras.layers.Layer):
@@ -208,7 +243,16 @@ def prune_filters(
 
 
 def _prune_model(
-    model, method, ignored_layers, per_layer, round_to, min_filters, target, prune_residual
+    model,
+    method,
+    ignored_layers,
+    per_layer,
+    round_to,
+    min_filters,
+    target,
+    prune_residual,
+    *,
+    latency_budget: dict[str, Any] | None = None,
 ):
     graph = build_graph(model)
     budget = Budget(
@@ -221,10 +265,13 @@ def _prune_model(
     ]
     if not groups:
         raise ValueError(
-            f"No Conv2D layer of model '{model.name}' can be wrapped for filter pruning "
-            "(each must be a plain Conv2D, groups=1, creating channels that can be cut)."
+            nothing_to_wrap(graph, method, ignored_layers, prune_residual, int(min_filters))
         )
-    if target is None:
+    if latency_budget is not None:
+        from tf_filterprune import latency  # lazily, as in prune_filters
+
+        counts = latency.allocate_for_target(model, graph, groups, budget, **latency_budget)
+    elif target is None:
         counts = {g.id: budget.count(g) for g in groups}
     else:
         check_target(target)
@@ -241,6 +288,47 @@ def _prune_model(
     if type(method).validate is not PruningMethod.validate:  # graph + MACs only if needed
         method.validate(method_contexts(wrapped, with_macs=True)[0])
     return wrapped
+
+
+def nothing_to_wrap(
+    graph: ChannelGraph,
+    method: PruningMethod,
+    ignored_layers: Sequence[Any] = (),
+    prune_residual: bool = False,
+    min_filters: int = 1,
+) -> str:
+    """The error message for a model with no layer ``prune_filters`` can wrap, per group."""
+    lines = refusals(graph, ignored_layers, prune_residual, min_filters)
+    for group in select_groups(graph, ignored_layers, prune_residual):
+        if not _wrappable(graph, group, method):
+            names = ", ".join(f"'{p}'" for p in group.producers)
+            lines.append(f"- {names} ({group.size} channels): {_why_not_wrapped(graph, group)}")
+    return (
+        f"Nothing in model '{graph.model.name}' can be wrapped for filter pruning: "
+        f"{type(method).__name__} wraps plain Conv2D layers (groups=1) that alone make a "
+        "group of channels (tffp.prune_once cuts the other prunable layers once). Per "
+        "group:\n" + "\n".join(lines or ["- (the model has no channel groups)"])
+    )
+
+
+def _why_not_wrapped(graph: ChannelGraph, group) -> str:
+    if group.blocks > 1:
+        convs = ", ".join(f"'{p}'" for p in group.blocked_by)
+        return (
+            f"its channels are made or read by the grouped conv(s) {convs}, which "
+            "tffp.prune_once cuts within their groups"
+        )
+    others = [p for p in group.producers if not _plain_conv(graph.layers[p])]
+    if others:
+        layer = graph.layers[others[0]]
+        kind = f"a {type(layer).__name__}"
+        if getattr(layer, "groups", 1) > 1:
+            kind = f"a grouped {type(layer).__name__} (groups={layer.groups})"
+        return f"'{others[0]}' is {kind}, not a plain Conv2D"
+    return (
+        "its channels are tied across several convs (a residual stream), which this "
+        "method does not take"
+    )
 
 
 def _wrap_function(method: PruningMethod, count: int, budget: Budget):

@@ -252,7 +252,8 @@ def _product_macs(layer: Any, in_shape: Shape, out_shape: Shape) -> int:
         return out_elems * kernel
     if isinstance(layer, _CONV_TRANSPOSE):
         return _elements(in_shape) * kernel * out_channels
-    return out_elems * kernel * (_channels_in(layer, in_shape) // layer.groups)
+    # at least one input per group: a depthwise Conv2D(groups=C) re-priced at fewer channels
+    return out_elems * kernel * max(1, _channels_in(layer, in_shape) // layer.groups)
 
 
 def _channels_out(layer: Any, shape: Shape) -> int:

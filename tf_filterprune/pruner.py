@@ -7,6 +7,7 @@ one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,19 +40,31 @@ class Budget:
 
     def count(self, group: ChannelGroup, keep_ratio: float | None = None) -> int:
         ratio = self.per_group.get(group.id, self.keep_ratio if keep_ratio is None else keep_ratio)
-        return kept_count(group.size, ratio, self.round_to, self.min_filters)
+        return kept_count(group.size, ratio, self.round_to, self.min_filters, group.blocks)
+
+    def step(self, group: ChannelGroup) -> int:
+        """The group's kept counts move in steps of this (``round_to`` and its blocks)."""
+        return math.lcm(self.round_to, group.blocks)
 
 
-def kept_count(size: int, ratio: float, round_to: int = 1, min_filters: int = 1) -> int:
+def kept_count(
+    size: int, ratio: float, round_to: int = 1, min_filters: int = 1, blocks: int = 1
+) -> int:
     """Channels kept of ``size`` at ``ratio``, a multiple of ``round_to`` where possible.
+
+    ``blocks`` (a grouped conv's groups) must divide ``size``; the count is a
+    multiple of it, so every block keeps the same number.
 
     >>> kept_count(64, 0.5, round_to=8), kept_count(20, 0.33, round_to=8), kept_count(6, 0.5, 8)
     (32, 8, 6)
+    >>> kept_count(24, 0.5, round_to=8, blocks=3), kept_count(12, 0.1, min_filters=5, blocks=4)
+    (24, 8)
     """
-    if size <= round_to:
+    step = math.lcm(int(round_to), int(blocks))
+    if size <= step:
         return size
-    n = int(round(size * ratio / round_to)) * round_to
-    n = max(n, round_to, min_filters)
+    n = int(round(size * ratio / step)) * step
+    n = max(n, step, -(-int(min_filters) // int(blocks)) * int(blocks))
     return int(min(n, size))
 
 
@@ -246,7 +259,7 @@ def fill_budget(
     while True:
         best = None
         for g in free:
-            new = min(counts[g.id] + budget.round_to, g.size)
+            new = min(counts[g.id] + budget.step(g), g.size)
             if new == counts[g.id]:
                 continue
             cost = macs.delta(counts, g.id, new)
@@ -271,18 +284,21 @@ def allocate(
 def prune_once(
     model: keras.Model,
     criterion: str = "l1",
-    keep_ratio: float = 0.5,
+    keep_ratio: float | None = None,
     data: Iterable | None = None,
     ignored_layers: Sequence[Any] = (),
     per_layer: Mapping[str, float] | None = None,
     target_macs_reduction: float | None = None,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_filters: int = 1,
     *,
     seed: int = 0,
     taylor_steps: int = 10,
     loss: Any = None,
     prune_residual: bool = True,
+    target_latency_reduction: float | None = None,
+    num_threads: int = 1,
+    latency_cache_dir: str | None = None,
 ) -> keras.Model:
     """Prunes whole filters once by an importance criterion; returns a compact model.
 
@@ -294,14 +310,17 @@ def prune_once(
         model: a built Functional or Sequential Keras model.
         criterion: "l1", "l2", "bn_gamma", "taylor" (needs ``data``), "fpgm" or
             "random" (seeded by ``seed``).
-        keep_ratio: fraction of each prunable group's channels kept, in (0, 1].
+        keep_ratio: fraction of each prunable group's channels kept, in (0, 1]
+            (default 0.5).
         data: (x, y) batches for the Taylor criterion.
         ignored_layers: layers (or names) whose output channels are left whole.
         per_layer: layer name -> keep ratio, overriding ``keep_ratio`` for the
             group of that layer's output.
         target_macs_reduction: instead of ``keep_ratio``, the fraction of MACs
             to remove (e.g. 0.5 for 2x fewer); a uniform keep ratio is searched.
-        round_to: keep channel counts multiples of this (8 for XNNPACK).
+        round_to: keep channel counts multiples of this (8 for XNNPACK), or
+            ``"auto"``: the channel tile measured on this machine's TFLite
+            interpreter (16 on AVX-512; see :mod:`tf_filterprune.latency`).
         min_filters: no group keeps fewer channels.
         seed: seed of the random criterion.
         taylor_steps: batches of ``data`` used by the Taylor criterion.
@@ -312,6 +331,15 @@ def prune_once(
             DPFPS papers do for ResNets (measured here: at half the MACs,
             ResNet-56 with round_to=8 runs at 1.23x its MACs ratio this way,
             1.47x when the 16-wide first stage is cut to 8 too).
+        target_latency_reduction: instead of ``keep_ratio`` or
+            ``target_macs_reduction``, the fraction of the TFLite latency to
+            remove (batch 1, XNNPACK, ``num_threads``), allocated by a latency
+            model measured on this machine and cached
+            (:mod:`tf_filterprune.latency`; the first call per architecture
+            converts and times small models, about a minute).
+        num_threads: interpreter threads of the latency model.
+        latency_cache_dir: where latency models are cached (default
+            ``$TFFP_LATENCY_CACHE``, else ``~/.cache/tf_filterprune/latency``).
 
     Returns:
         A new, physically smaller Keras model with the same layer names.
@@ -331,7 +359,18 @@ def prune_once(
     """
     if criterion not in criteria.CRITERIA:
         raise ValueError(f"Unknown criterion {criterion!r}; choose one of {criteria.CRITERIA}.")
-    keep_ratio = _check_ratio("keep_ratio", keep_ratio)
+    if target_latency_reduction is not None or isinstance(round_to, str):
+        # tf_filterprune.latency is in the export/profiling layer (DESIGN.md, layer 5),
+        # above this engine, and imports it: so it is imported here, lazily.
+        from tf_filterprune import latency
+
+        latency.check_latency_budget(
+            target_latency_reduction,
+            keep_ratio=keep_ratio,
+            target_macs_reduction=target_macs_reduction,
+        )
+        round_to = latency.resolve_round_to(round_to, num_threads, latency_cache_dir)
+    keep_ratio = _check_ratio("keep_ratio", 0.5 if keep_ratio is None else keep_ratio)
     if target_macs_reduction is not None:
         check_target(target_macs_reduction)
     if int(round_to) < 1 or int(min_filters) < 1:
@@ -346,6 +385,19 @@ def prune_once(
     if not groups:
         raise ValueError(nothing_to_prune(graph, ignored_layers, prune_residual, min_filters))
     scores = _score(model, graph, groups, criterion, data, seed, taylor_steps, loss)
+    if target_latency_reduction is not None:
+        from tf_filterprune import latency  # lazily, as above
+
+        counts = latency.allocate_for_target(
+            model,
+            graph,
+            groups,
+            budget,
+            target_latency_reduction,
+            num_threads=num_threads,
+            cache_dir=latency_cache_dir,
+        )
+        return rebuild(model, graph, _top(groups, scores, counts))
     if target_macs_reduction is None:
         return rebuild(model, graph, _top(groups, scores, _counts(groups, budget)))
 
@@ -366,10 +418,42 @@ def _score(model, graph, groups, criterion, data, seed, steps, loss) -> dict[int
         layers = [graph.layers[p] for g in groups for p in g.producers]
         gradients = criteria.taylor_gradients(model, layers, data, steps, loss)
     rng = np.random.default_rng(seed)
-    return {
-        g.id: criteria.score_group(graph, g, criterion, gradients=gradients, rng=rng)
-        for g in groups
-    }
+    return {g.id: score_channels(graph, g, criterion, gradients=gradients, rng=rng) for g in groups}
+
+
+def score_channels(
+    graph: ChannelGraph,
+    group: ChannelGroup,
+    criterion: str,
+    *,
+    gradients: dict[int, list[np.ndarray]] | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """The criterion's score of each channel of ``group``.
+
+    A group holding only part of a producer's output (a ``keras.ops.split``
+    divided it) is scored on the producer's whole output, then sliced to the
+    group's channels; members are scaled to mean 1 and averaged, as
+    :func:`criteria.score_group` does for whole producers.
+    """
+    parts = graph.producer_channels(group)
+    if all(_whole_output(graph, path, channels) for path, channels in parts):
+        return criteria.score_group(graph, group, criterion, gradients=gradients, rng=rng)
+    scores = []
+    for path, channels in parts:
+        width = _output_width(graph, path)
+        whole = ChannelGroup(-1, width, [], [path], [], [])
+        full = criteria.score_group(graph, whole, criterion, gradients=gradients, rng=rng)
+        scores.append(full[channels] / (np.mean(full[channels]) or 1.0))
+    return np.mean(scores, axis=0)
+
+
+def _output_width(graph: ChannelGraph, path: str) -> int:
+    return graph.first_call(graph.layers[path]).out_layouts[0].width
+
+
+def _whole_output(graph: ChannelGraph, path: str, channels: np.ndarray) -> bool:
+    return len(channels) == _output_width(graph, path)
 
 
 def _top(groups, scores, counts) -> dict[int, np.ndarray]:
@@ -377,6 +461,19 @@ def _top(groups, scores, counts) -> dict[int, np.ndarray]:
     for g in groups:
         n = counts[g.id]
         if n < g.size:
-            order = np.argsort(-scores[g.id], kind="stable")
-            keep[g.id] = np.sort(order[:n])
+            keep[g.id] = top_channels(scores[g.id], n, g.blocks)
     return keep
+
+
+def top_channels(scores: np.ndarray, count: int, blocks: int = 1) -> np.ndarray:
+    """Sorted indices of the ``count`` best ``scores``, ``count / blocks`` in each block.
+
+    >>> top_channels(np.array([1.0, 5, 2, 0, 3, 4]), 2, blocks=2).tolist()
+    [1, 5]
+    """
+    per_block = np.split(np.asarray(scores), blocks)
+    size, take = len(per_block[0]), count // blocks
+    kept = [
+        b * size + np.argsort(-block, kind="stable")[:take] for b, block in enumerate(per_block)
+    ]
+    return np.sort(np.concatenate(kept))

@@ -20,7 +20,7 @@ from tf_filterprune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tf_filterprune.graph import build_graph
 from tf_filterprune.methods.base import ChannelPlan, FilterPruningWrapper, PrunedGroup
 from tf_filterprune.surgery import rebuild
-from tf_filterprune.surgery.cut import clone
+from tf_filterprune.surgery.cut import clone, layer_from_config
 
 
 def strip_filter_pruning(
@@ -124,9 +124,9 @@ def unwrap(model: keras.Model) -> keras.Model:
     def clone_layer(layer):
         if isinstance(layer, FilterPruningWrapper):
             config = dict(layer.layer.get_config(), filters=layer.out_channels)
-            twin = layer.layer.__class__.from_config(config)
+            twin = layer_from_config(layer.layer, config)
         else:
-            twin = layer.__class__.from_config(layer.get_config())
+            twin = layer_from_config(layer)
         pairs.append((layer, twin))
         return twin
 

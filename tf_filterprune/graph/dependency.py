@@ -4,10 +4,16 @@
 tensor a :class:`~tf_filterprune.graph.layout.Layout` through the per-layer
 rules of :mod:`tf_filterprune.graph.registry`, and ties coupled channel spaces
 into groups with a union-find. Nested models (a ``keras.applications``
-backbone inside a Functional model) are walked as part of the outer graph. A
-layer the registry does not know, on a path that carries channels, makes the
-groups it touches unprunable with the reason recorded; it never leads to a
-silently wrong cut.
+backbone inside a Functional model) are walked as part of the outer graph, and
+``keras.ops`` calls (``x + 3.0``, ``keras.ops.split``) are nodes like layers,
+with registry entries of their own. A layer or operation the registry does not
+know, on a path that carries channels, makes the groups it touches unprunable
+with the reason recorded; it never leads to a silently wrong cut.
+
+When a split (or a join of differently laid-out tensors) falls inside one
+layer's channels, the walk is repeated with that layer's output divided into
+separate channel spaces at those points (each then prunes on its own or ties to
+what it meets).
 
 Example:
 
@@ -25,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +51,10 @@ class Space:
     origin: str | None  # path of the layer that created it
     reasons: list[str] = field(default_factory=list)
     residual: bool = False  # joined to other spaces by an Add-like layer
+    offset: int = 0  # first channel of the space in its origin's output
+    inexact: list[str] = field(default_factory=list)  # why a cut is not output-exact
+    blocks: int = 1  # a cut keeps as many channels in each of this many equal parts
+    blocked_by: list[str] = field(default_factory=list)  # the grouped convs asking it
 
 
 @dataclass
@@ -71,6 +82,12 @@ class ChannelGroup:
         reasons: why the group cannot be pruned (empty when it can).
         residual: the members are joined by a residual ``Add`` (or Subtract,
             Average, Maximum, Minimum): the stream of a ResNet stage.
+        inexact: why cutting the group changes the kept channels' outputs too
+            (a LayerNormalization over them); empty when the cut is exact.
+        blocks: a cut must keep the same number of channels in each of this
+            many equal, consecutive parts of the group (the groups of the
+            grouped convs that make or read these channels); 1 for no constraint.
+        blocked_by: paths of those grouped convs.
     """
 
     id: int
@@ -80,10 +97,21 @@ class ChannelGroup:
     norms: list[str]
     reasons: list[str]
     residual: bool = False
+    inexact: list[str] = field(default_factory=list)
+    blocks: int = 1
+    blocked_by: list[str] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
         return not self.reasons and self.size > 1
+
+    def block_counts(self, kept: np.ndarray) -> np.ndarray:
+        """How many of ``kept`` fall in each of the group's :attr:`blocks` parts.
+
+        >>> ChannelGroup(0, 8, [0], ["g"], [], [], blocks=2).block_counts(np.array([0, 1, 6]))
+        array([2, 1])
+        """
+        return np.bincount(np.asarray(kept) // (self.size // self.blocks), minlength=self.blocks)
 
 
 class ChannelGraph:
@@ -121,22 +149,45 @@ class ChannelGraph:
         norms = self._norm_layers_by_root()
         groups = []
         for root, sids in members.items():
-            reasons: list[str] = []
-            for sid in sids:
-                reasons.extend(r for r in self.spaces[sid].reasons if r not in reasons)
             producers = [self.spaces[s].origin for s in sids if self.spaces[s].origin]
-            groups.append(
-                ChannelGroup(
-                    id=root,
-                    size=self.spaces[root].size,
-                    spaces=sids,
-                    producers=producers,
-                    norms=norms.get(root, []),
-                    reasons=reasons,
-                    residual=any(self.spaces[s].residual for s in sids),
-                )
+            group = ChannelGroup(
+                id=root,
+                size=self.spaces[root].size,
+                spaces=sids,
+                producers=producers,
+                norms=norms.get(root, []),
+                reasons=self._collect(sids, "reasons"),
+                residual=any(self.spaces[s].residual for s in sids),
+                inexact=self._collect(sids, "inexact"),
+                blocks=math.lcm(*(self.spaces[s].blocks for s in sids)),
+                blocked_by=self._collect(sids, "blocked_by"),
             )
+            if group.blocks > 1 and group.size == group.blocks and not group.reasons:
+                convs = ", ".join(f"'{p}'" for p in group.blocked_by)
+                group.reasons.append(
+                    f"the grouped conv(s) {convs} have one of these {group.size} channels in "
+                    "each group, and every group must keep the same number"
+                )
+            groups.append(group)
         return groups
+
+    def _collect(self, sids: list[int], attribute: str) -> list[str]:
+        out: list[str] = []
+        for sid in sids:
+            out.extend(r for r in getattr(self.spaces[sid], attribute) if r not in out)
+        return out
+
+    def producer_channels(self, group: ChannelGroup) -> list[tuple[str, np.ndarray]]:
+        """``(producer path, its output channels in the group)`` for each producing space.
+
+        The channels are in the group's order; they are the producer's whole
+        output unless a split divided it into several groups.
+        """
+        return [
+            (space.origin, space.offset + np.arange(space.size))
+            for space in (self.spaces[s] for s in group.spaces)
+            if space.origin
+        ]
 
     def resolve(self, name: str) -> str:
         """The graph path of a layer given by path ("backbone/conv1") or unique name."""
@@ -159,6 +210,13 @@ class ChannelGraph:
         """
         layer = self.layers[path]
         layout = self.calls[id(layer)][0].out_layouts[0]
+        origins = {self.spaces[s].origin for s in layout.spaces}
+        if len(layout.segments) > 1 and origins == {path}:
+            raise ValueError(
+                f"The output channels of '{path}' are split (keras.ops.split or a join "
+                f"with a concatenation) into {len(layout.segments)} channel groups; name a "
+                "layer after the split, or use prune_once."
+            )
         if len(layout.segments) != 1 or layout.repeat != 1 or layout.segments[0].inner != 1:
             raise ValueError(
                 f"Layer '{path}' does not output one channel space of its own (its output "
@@ -194,27 +252,59 @@ class ChannelGraph:
         return out
 
 
+_MAX_ROUNDS = 12  # walks of the model while splits refine channel spaces
+
+
 class GraphBuilder:
     """Walks a model and fills a :class:`ChannelGraph` (used by the rules)."""
 
     def __init__(self, model: keras.Model):
+        self.model = model
         self.graph = ChannelGraph(model)
+        self._path_of: dict[int, str] = {}
+        # producer path -> channel positions where its output is divided into spaces
+        self.splits: dict[str, set[int]] = {}
+        self._pending = False  # a walk asked for a new split: walk again
+        self._may_split = True
 
     # ------------------------------------------------------- rule callbacks
-    def new_space(self, size: int, layer: Any = None, reason: str | None = None) -> int:
+    def new_space(
+        self, size: int, layer: Any = None, reason: str | None = None, offset: int = 0
+    ) -> int:
         """Creates a channel space; ``layer`` is the layer that creates it."""
         graph = self.graph
         sid = len(graph.spaces)
         origin = self._path_of.get(id(layer)) if layer is not None else None
-        graph.spaces.append(Space(int(size), origin, [reason] if reason else []))
+        graph.spaces.append(Space(int(size), origin, [reason] if reason else [], offset=offset))
         graph._parent.append(sid)
         return sid
+
+    def producer_layout(self, width: int, layer: Any) -> Layout:
+        """The layout of a producer's new channels: one space, or several where split."""
+        cuts = sorted(p for p in self.splits.get(self._path_of[id(layer)], ()) if 0 < p < width)
+        edges = [0, *cuts, int(width)]
+        return Layout(
+            tuple(
+                Segment(self.new_space(b - a, layer, offset=a), b - a)
+                for a, b in zip(edges, edges[1:], strict=False)
+            )
+        )
+
+    def name_of(self, layer: Any) -> str:
+        """The graph path of a layer or operation (its name if not walked yet)."""
+        return self._path_of.get(id(layer), getattr(layer, "name", "?"))
 
     def forbid(self, spaces, reason: str) -> None:
         """Marks spaces (and so their groups) unprunable, recording why."""
         for sid in spaces:
             if reason not in self.graph.spaces[sid].reasons:
                 self.graph.spaces[sid].reasons.append(reason)
+
+    def mark_inexact(self, spaces, reason: str) -> None:
+        """Records that cutting these spaces changes the kept channels' outputs too."""
+        for sid in spaces:
+            if reason not in self.graph.spaces[sid].inexact:
+                self.graph.spaces[sid].inexact.append(reason)
 
     def opaque(self, tensor: Any, layer: Any, reason: str) -> Layout:
         """A layout for a tensor whose channels cannot be cut."""
@@ -224,34 +314,123 @@ class GraphBuilder:
         sid = self.new_space(width, None, f"'{name}': {reason}")
         return Layout((Segment(sid, width),))
 
+    def require_blocks(self, layout: Layout, groups: int, layer: Any, side: str) -> bool:
+        """Asks every cut of ``layout`` to keep as many channels in each of ``groups`` parts.
+
+        A grouped conv's input (or output) channels fall into ``groups`` equal
+        runs of the last axis, and each run must keep the same count. That is a
+        constraint on one channel space (``Space.blocks``): the layout must be
+        one space, each run whole channels of it. Otherwise (a concatenation,
+        a split output, a run cutting a depthwise multiplier's copies) the
+        spaces are forbidden, with the reason, and False is returned.
+        """
+        seg = layout.segments[0] if len(layout.segments) == 1 else None
+        if seg is None or layout.repeat != 1 or (seg.width // groups) % seg.inner:
+            self.forbid(
+                layout.spaces,
+                f"'{self.name_of(layer)}' is a grouped convolution (groups={groups}) whose "
+                f"{side} channels are not one layer's channels in whole runs per group, so "
+                "they cannot be cut alike in each group",
+            )
+            return False
+        space = self.graph.spaces[seg.space]
+        space.blocks = math.lcm(space.blocks, groups)
+        if self.name_of(layer) not in space.blocked_by:
+            space.blocked_by.append(self.name_of(layer))
+        return True
+
     def mark_residual(self, layout: Layout) -> None:
         """Records that ``layout``'s spaces are joined by a residual (Add-like) layer."""
         for sid in layout.spaces:
             self.graph.spaces[sid].residual = True
 
     def unify(self, layouts: list[Layout], layer: Any) -> Layout:
-        """Ties layouts that must hold the same channels (Add, shared layers)."""
+        """Ties layouts that must hold the same channels (Add, shared layers).
+
+        Layouts of the same width laid out differently (a concatenation joined
+        to a conv's output) are refined: the spaces cut by the others'
+        boundaries are split on the next walk, so the parts can tie.
+        """
         first = layouts[0]
         if all(first.same_structure(other) for other in layouts[1:]):
             for other in layouts[1:]:
                 for a, b in zip(first.segments, other.segments, strict=True):
                     self.graph.union(a.space, b.space)
             return first
-        name = self._path_of.get(id(layer), getattr(layer, "name", "?"))
+        if len({lay.width for lay in layouts}) == 1:
+            bounds = set().union(*(lay.boundaries() for lay in layouts))
+            if any([self.refine(lay, bounds) for lay in layouts]):  # walked again, split
+                # meanwhile the finest layout (if one has every boundary) stands for the
+                # join, so that later joins can ask for their splits in this walk too
+                finest = [lay for lay in layouts if lay.boundaries() == bounds]
+                return finest[0] if finest else self._placeholder(first.width)
         spaces = [s for lay in layouts for s in lay.spaces]
-        self.forbid(spaces, f"'{name}' joins tensors whose channels are laid out differently")
+        self.forbid(
+            spaces, f"'{self.name_of(layer)}' joins tensors whose channels are laid out differently"
+        )
         return first
+
+    def sub_layouts(
+        self, layout: Layout, bounds: list[tuple[int, int]], layer: Any, tensors: list
+    ) -> list[Layout]:
+        """Layouts of the index ranges ``bounds`` of ``layout`` (a channel split's outputs)."""
+        parts = [layout.sub_layout(a, b) for a, b in bounds]
+        if all(part is not None for part in parts):
+            return parts
+        edges = {a for a, _ in bounds} | {b for _, b in bounds}
+        if self.refine(layout, edges):
+            return [self._placeholder(b - a) for a, b in bounds]
+        name = self.name_of(layer)
+        self.forbid(layout.spaces, f"'{name}' splits channels that cannot be divided there")
+        return [self.opaque(t, layer, "part of an indivisible channel split") for t in tensors]
+
+    def _placeholder(self, width: int) -> Layout:
+        """Stands for a tensor until the next walk (nothing after it can ask for splits)."""
+        return Layout((Segment(self.new_space(width, None, "walk pending"), width),))
+
+    def refine(self, layout: Layout, bounds: set[int]) -> bool:
+        """Asks for the spaces ``bounds`` fall inside to be split; True if that is new.
+
+        Only spaces a producer created can be split (not model inputs or the
+        outputs of refused layers); the next walk then divides that producer's
+        output at the points (see :meth:`producer_layout`).
+        """
+        points = layout.cut_points(bounds)
+        if not points or not self._may_split:
+            return False
+        wanted: dict[str, set[int]] = {}
+        for sid, positions in points.items():
+            space = self.graph.spaces[sid]
+            if space.origin is None:
+                return False
+            wanted.setdefault(space.origin, set()).update(space.offset + p for p in positions)
+        new = False
+        for origin, positions in wanted.items():
+            have = self.splits.setdefault(origin, set())
+            if not positions <= have:
+                have |= positions
+                new = True
+        self._pending = self._pending or new
+        return new
 
     # ----------------------------------------------------------------- walk
     def build(self) -> ChannelGraph:
-        model = self.graph.model
-        self._path_of: dict[int, str] = {}
-        inputs = functional_of(model).inputs
+        for round_ in range(_MAX_ROUNDS):
+            self._may_split = round_ < _MAX_ROUNDS - 1
+            self._pending = False
+            self.graph = ChannelGraph(self.model)
+            self._path_of = {}
+            self._walk_model()
+            if not self._pending:
+                break
+        return self.graph
+
+    def _walk_model(self) -> None:
+        inputs = functional_of(self.model).inputs
         in_layouts = [self.opaque(t, None, "model input") for t in inputs]
-        out_layouts = self._walk(model, in_layouts, prefix="")
+        out_layouts = self._walk(self.model, in_layouts, prefix="")
         for layout in out_layouts:
             self.forbid(layout.spaces, "model output (the model's output shape is kept)")
-        return self.graph
 
     def _walk(self, model: keras.Model, in_layouts: list[Layout], prefix: str) -> list[Layout]:
         return walk_nodes(model, in_layouts, lambda node, ins: self._apply(node, ins, prefix))
@@ -267,12 +446,10 @@ class GraphBuilder:
         rule = registry.rule_for(layer)
         reason = rule.check(layer, node) if rule is not None else None
         if rule is None or reason is not None:
-            why = reason or (
-                f"is a {type(layer).__name__}, which the channel registry does not know "
-                "(register it with tf_filterprune.graph.register_layer)"
-            )
+            why = reason or _unknown(layer)
+            label = "" if isinstance(layer, keras.Layer) else f" ({registry.op_label(layer)})"
             for lay in ins:
-                self.forbid(lay.spaces, f"'{path}' {why}")
+                self.forbid(lay.spaces, f"'{path}'{label} {why}")
             outs = [self.opaque(t, layer, why) for t in node.outputs]
         else:
             outs = rule.propagate(layer, ins, node, self)
@@ -292,6 +469,20 @@ class GraphBuilder:
             for a, b in zip(first.out_layouts, call.out_layouts, strict=False):
                 self.unify([a, b], call.layer)
         previous.append(call)
+
+
+def _unknown(layer: Any) -> str:
+    """The reason for a layer or operation the registry has no rule for."""
+    cls = type(layer)
+    if isinstance(layer, keras.Layer):
+        return (
+            f"is a {cls.__name__}, which the channel registry does not know "
+            "(register it with tf_filterprune.graph.register_layer)"
+        )
+    return (
+        f"is an operation ({cls.__module__}.{cls.__name__}) that the channel registry does "
+        "not know (register a rule for that class with tf_filterprune.register_layer)"
+    )
 
 
 def walk_nodes(model: keras.Model, inputs: list[Any], apply: Any) -> list[Any]:

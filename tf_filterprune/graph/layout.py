@@ -108,3 +108,57 @@ class Layout:
         """Width of the last axis once space ``s`` of size ``n`` keeps ``count_of(s, n)``."""
         per_rep = sum(count_of(s.space, s.size) * s.inner for s in self.segments)
         return self.repeat * per_rep
+
+    def cut_width(self, keep_of: Callable[[int], np.ndarray | None]) -> int:
+        """Width of the last axis once each space keeps ``keep_of(space)`` (None: all)."""
+
+        def count_of(space: int, size: int) -> int:
+            kept = keep_of(space)
+            return size if kept is None else len(kept)
+
+        return self.kept_width(count_of)
+
+    def boundaries(self) -> set[int]:
+        """Indices of the last axis where a segment starts or ends (one repetition)."""
+        edges, offset = {0}, 0
+        for seg in self.segments:
+            offset += seg.width
+            edges.add(offset)
+        return edges
+
+    def sub_layout(self, start: int, end: int) -> Layout | None:
+        """The layout of indices ``[start, end)``, or None unless both are segment boundaries.
+
+        >>> Layout((Segment(0, 2), Segment(1, 3))).sub_layout(2, 5)
+        Layout(segments=(Segment(space=1, size=3, inner=1),), repeat=1)
+        """
+        if self.repeat != 1 or start not in self.boundaries() or end not in self.boundaries():
+            return None
+        kept, offset = [], 0
+        for seg in self.segments:
+            if start <= offset and offset + seg.width <= end:
+                kept.append(seg)
+            offset += seg.width
+        return Layout(tuple(kept))
+
+    def cut_points(self, bounds: set[int]) -> dict[int, set[int]] | None:
+        """Space -> channel positions where an index in ``bounds`` falls inside its segment.
+
+        None when a bound falls inside one expanded channel (a depthwise
+        multiplier's copies) or the layout is flattened.
+
+        >>> Layout((Segment(0, 4), Segment(1, 2, inner=2))).cut_points({1, 6})
+        {0: {1}, 1: {1}}
+        """
+        if self.repeat != 1:
+            return None if bounds - self.boundaries() else {}
+        points: dict[int, set[int]] = {}
+        offset = 0
+        for seg in self.segments:
+            for b in bounds:
+                if offset < b < offset + seg.width:
+                    if (b - offset) % seg.inner:
+                        return None
+                    points.setdefault(seg.space, set()).add((b - offset) // seg.inner)
+            offset += seg.width
+        return points

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_filterprune.surgery.cut import copy_lambda
+from tf_filterprune.surgery.cut import copy_lambda, layer_from_config
 
 # --------------------------------------------------------------------------- kernels
 
@@ -685,7 +685,7 @@ def fold_parallel_branch(model: keras.Model, layers: Sequence[str] | None = None
         if id(layer) in absorbed:
             return layer  # never called: call_layer passes its input through
         twin = copy_lambda(layer) if type(layer) is keras.layers.Lambda else None
-        twin = twin or layer.__class__.from_config(layer.get_config())
+        twin = twin or layer_from_config(layer)
         pairs.append((layer, twin))
         return twin
 

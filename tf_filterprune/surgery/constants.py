@@ -281,6 +281,8 @@ class _Walker:
 
     def _linear_twin(self, layer: Any, input_shape: tuple) -> Any:
         """A float32 copy of ``layer`` without bias and activation (its kernel only)."""
+        from tf_filterprune.surgery.cut import layer_from_config  # cut imports this module
+
         if id(layer) not in self.twins:
             config = dict(
                 layer.get_config(),
@@ -289,7 +291,7 @@ class _Walker:
                 dtype="float32",
                 name=f"{layer.name}_fold",
             )
-            twin = type(layer).from_config(config)
+            twin = layer_from_config(layer, config)
             twin.build(input_shape)
             weights = {name: value for name, value, _ in registry.weights_with_axes(layer)}
             twin.set_weights([weights[v.name] for v in twin.weights])

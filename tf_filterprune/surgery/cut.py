@@ -3,7 +3,9 @@
 The surgery knows nothing of importance: it takes, per channel group, the
 indices to keep (and optionally a consumer map), rebuilds the model with
 ``keras.models.clone_model`` (each changed layer re-created from its config at
-its new width) and copies the sliced weights. Which axis of which weight
+its new width) and copies the sliced weights. ``keras.ops`` operation nodes
+are re-created too, with the cut arguments their rules give (a split's section
+sizes, a reshape's target, a per-channel constant). Which axis of which weight
 follows which channels comes from the registry
 (:mod:`tf_filterprune.graph.registry`).
 
@@ -17,12 +19,14 @@ which :func:`rebuild` folds into its consumers' biases
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
+from absl import logging
 
 from tf_filterprune.graph import ChannelGraph, LayerCall, Layout, build_graph, registry
 from tf_filterprune.surgery.constants import FoldMode, analyze_folds, check_mode, fold_notes
@@ -87,15 +91,68 @@ def plan_cuts(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> dict[int, 
 def slice_weights(layer: keras.Layer, cut: LayerCut) -> list[np.ndarray]:
     """The layer's weights with the cut (plain selection) applied on every channel axis."""
     sliced = []
+    groups = registry.kernel_groups(layer)
     for name, value, axes in registry.weights_with_axes(layer):
         if axes is None:
             raise ValueError(_unknown_weight(layer, name))
+        grouped = name == "kernel" and groups > 1
+        value = ungroup_kernel(value, groups) if grouped else value
         for axis, side in axes.items():
             idx = cut.side(side)
             if idx is not None:
                 value = np.take(value, idx, axis=axis)
-        sliced.append(value)
+        sliced.append(regroup_kernel(value, groups, layer.name) if grouped else value)
     return sliced
+
+
+def ungroup_kernel(kernel: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv's ``(..., in/groups, filters)`` kernel as the block-diagonal ``(..., in, filters)``.
+
+    Output group ``g`` (filters ``g*F/G ...``) reads input group ``g`` only; the
+    other entries are zero, so the kernel is cut like a plain conv's.
+
+    >>> k = np.arange(4.0).reshape(1, 1, 1, 4)  # in=2, groups=2, filters=4
+    >>> ungroup_kernel(k, 2)[0, 0].tolist()
+    [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 3.0]]
+    """
+    per_group, filters = kernel.shape[-2], kernel.shape[-1]
+    out_per_group = filters // groups
+    full = np.zeros((*kernel.shape[:-2], per_group * groups, filters), dtype=kernel.dtype)
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        cols = slice(g * out_per_group, (g + 1) * out_per_group)
+        full[..., rows, cols] = kernel[..., :, cols]
+    return full
+
+
+def regroup_kernel(full: np.ndarray, groups: int, name: str = "?") -> np.ndarray:
+    """The inverse of :func:`ungroup_kernel`, for the (cut) block-diagonal kernel.
+
+    Raises:
+        ValueError: the cut left unequal widths per group, or mixed channels
+            across groups (entries off the diagonal blocks).
+    """
+    channels, filters = full.shape[-2], full.shape[-1]
+    if channels % groups or filters % groups:
+        raise ValueError(
+            f"The cut of grouped conv '{name}' (groups={groups}) leaves {channels} input and "
+            f"{filters} output channels, not a multiple of its groups; keep the same number "
+            "of channels in each group."
+        )
+    per_group, out_per_group = channels // groups, filters // groups
+    packed, outside = [], full.copy()
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        cols = slice(g * out_per_group, (g + 1) * out_per_group)
+        packed.append(full[..., rows, cols])
+        outside[..., rows, cols] = 0
+    if np.any(outside):
+        raise ValueError(
+            f"The cut of grouped conv '{name}' (groups={groups}) mixes channels across its "
+            "groups (a consumer map, or kept channels unequal per group); use plain "
+            "selection with the same number of channels kept in each group."
+        )
+    return np.concatenate(packed, axis=-1)
 
 
 def rebuild(
@@ -115,7 +172,9 @@ def rebuild(
     channel outputs a constant (the producer's bias through BatchNormalization,
     activations, pooling...), which is folded into the bias of every consumer
     (a layer mixing channels: Conv, Dense, Conv transpose, SeparableConv). A
-    consumer without a bias gets one.
+    consumer without a bias gets one. Groups whose cut is not output-exact
+    (``ChannelGroup.inexact``: a LayerNormalization over their channels) are
+    cut structurally, and a warning says so.
 
     Args:
         model: the original model (not modified).
@@ -157,6 +216,7 @@ def rebuild(
     (2, 1)
     """
     mode = check_mode(fold_constants)
+    check_blocks(graph, keep)
     wrap = wrap or {}
     plan = make_plan(graph, keep, consumer_maps, _wrapped_groups(graph, keep, wrap))
     folds = analyze_folds(graph, plan) if mode is not False else {}
@@ -165,26 +225,38 @@ def rebuild(
     deltas = {
         lid: fold.delta for lid, fold in folds.items() if fold.applies(mode) and fold.delta.any()
     }
+    _warn_inexact(graph, keep)
+    keep_of = graph.keep_function(dict(keep))
     cuts = plan_cuts(graph, keep)
     pairs: list[tuple[Any, Any]] = []
+    originals: dict[int, Any] = {}
 
     def clone_layer(layer):
-        config = layer.get_config()
+        config = own_config(layer)
         if id(layer) in deltas and not config.get("use_bias", True):
             config = dict(config, use_bias=True)
-        cut = cuts.get(id(layer))
         if id(layer) in wrap:
-            twin = wrap[id(layer)](layer.__class__.from_config(config))
-            pairs.append((layer, twin))
-            return twin
-        if cut is not None and cut.outputs is not None:
-            out_shape = graph.first_call(layer).out_shapes[0]
-            config = registry.rule_for(layer).resize_config(config, cut.out_width, out_shape)
-        twin = layer.__class__.from_config(config)
+            twin = wrap[id(layer)](layer_from_config(layer, config))
+        else:
+            twin = layer_from_config(layer, _cut_config(layer, config, graph, keep_of))
         pairs.append((layer, twin))
+        originals[id(twin)] = layer
         return twin
 
-    compact = clone(model, clone_layer)
+    def clone_operation(op):
+        twin = copy_operation(op, lambda config: _cut_config(op, config, graph, keep_of))
+        originals[id(twin)] = op
+        return twin
+
+    def call_cut(twin, *args, **kwargs):
+        original = originals.get(id(twin))
+        call = graph.first_call(original) if original is not None else None
+        rule = registry.rule_for(original) if call is not None and keep else None
+        if rule is not None:
+            args, kwargs = rule.cut_arguments(original, args, kwargs, call, keep_of)
+        return twin(*args, **kwargs)
+
+    compact = clone(model, clone_layer, clone_operation=clone_operation, call_function=call_cut)
     for original, twin in pairs:
         if not original.weights:
             continue
@@ -198,8 +270,21 @@ def rebuild(
             twin.set_weights(original.get_weights())
             continue
         values = compact_weights(original, call, cut, plan, delta)
-        twin.set_weights([values[v.name] for v in twin.weights])
+        twin.set_weights(_in_order(values, twin))
     return compact
+
+
+def _in_order(values: dict[str, np.ndarray], twin: keras.Layer) -> list[np.ndarray]:
+    """``values`` in the order of ``twin.weights``: by name, else in the original's order.
+
+    Weights created without a name get a process-wide counter (``variable_7``),
+    so a twin's names can differ from the original's; its weights are then in
+    the same order (same class and config).
+    """
+    names = [v.name for v in twin.weights]
+    if all(n in values for n in names):
+        return [values[n] for n in names]
+    return list(values.values())
 
 
 def compact_weights(
@@ -226,10 +311,17 @@ def compact_weights(
     rule = registry.rule_for(layer)
     axes_by_name = dict(rule.axes_for(layer))
     axes_by_name.setdefault("bias", {0: registry.OUT})
-    return {
-        name: _compact_weight(value, axes_by_name[name], layer, call, cut, plan)
-        for name, value in values.items()
-    }
+    groups = registry.kernel_groups(layer)
+    out = {}
+    for name, value in values.items():
+        if name == "kernel" and groups > 1:
+            full = _compact_weight(
+                ungroup_kernel(value, groups), axes_by_name[name], layer, call, cut, plan
+            )
+            out[name] = regroup_kernel(full, groups, layer.name)
+        else:
+            out[name] = _compact_weight(value, axes_by_name[name], layer, call, cut, plan)
+    return out
 
 
 def _compact_weight(value, axes, layer, call, cut, plan) -> np.ndarray:
@@ -242,6 +334,37 @@ def _compact_weight(value, axes, layer, call, cut, plan) -> np.ndarray:
         if idx is not None:
             value = np.take(value, idx, axis=axis)
     return value
+
+
+def _cut_config(layer: Any, config: dict, graph: ChannelGraph, keep_of) -> dict:
+    """The layer's (or operation's) config after the cut, from its rule."""
+    call = graph.first_call(layer)
+    rule = registry.rule_for(layer)
+    if call is None or rule is None:
+        return config
+    return rule.cut_config(layer, config, call, keep_of)
+
+
+def inexact_notes(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> list[str]:
+    """One line per cut group whose cut changes the kept channels too (LayerNormalization)."""
+    notes = []
+    for group in graph.groups():
+        if group.id in keep and group.inexact:
+            names = ", ".join(f"'{p}'" for p in group.producers) or f"group {group.id}"
+            notes.append(f"the channels of {names}: {group.inexact[0]}")
+    return notes
+
+
+def _warn_inexact(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> None:
+    """Logs (absl, warning) which cut groups are not output-exact."""
+    lines = inexact_notes(graph, keep)
+    if lines:
+        logging.warning(
+            "%d cut channel group(s) pass a normalization over the channels, so the compact "
+            "model differs from the original on the kept channels too, e.g. %s",
+            len(lines),
+            lines[0],
+        )
 
 
 def _input_layout(layer: keras.Layer, call: LayerCall, side: str) -> Layout:
@@ -280,31 +403,192 @@ def _unknown_weight(layer: keras.Layer, name: str) -> str:
     )
 
 
-def clone(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Model:
+def clone(
+    model: keras.Model,
+    clone_function: Callable[[Any], Any],
+    *,
+    clone_operation: Callable[[Any], Any] | None = None,
+    call_function: Callable[..., Any] | None = None,
+    like: Any = None,
+) -> keras.Model:
     """``keras.models.clone_model`` (recursive), keeping the input layers' names.
 
-    ``Lambda`` layers bypass ``clone_function``: they are re-created around the
-    same Python function (see :func:`copy_lambda`), because their config does
-    not round trip (Keras refuses to deserialize a Python lambda). The channel
-    registry never cuts a Lambda, so the copy is always the right layer.
-    """
+    ``clone_function`` sees layers only. ``Lambda`` layers bypass it: they are
+    re-created around the same Python function (see :func:`copy_lambda`),
+    because their config does not round trip (Keras refuses to deserialize a
+    Python lambda); the channel registry never cuts a Lambda. ``keras.ops``
+    operation nodes go to ``clone_operation`` (default :func:`copy_operation`).
+    ``call_function(twin, *args, **kwargs)`` makes each call of a Functional
+    model's clone (default: ``twin(*args, **kwargs)``).
 
-    def clone_layer(layer):
+    A model nested in a Functional model is cloned where it is first called,
+    with inputs shaped like the tensors it receives there (its input channels
+    may have been cut); ``like`` gives those tensors (structured as
+    ``model.input``) for this model's own inputs.
+    """
+    clone_operation = clone_operation or copy_operation
+    deferred: dict[int, Any] = {}
+
+    def clone_plain(layer):
         if type(layer) is keras.layers.Lambda:
             return copy_lambda(layer)
+        if not isinstance(layer, keras.Layer):
+            return clone_operation(layer)
         return clone_function(layer)
 
-    if isinstance(model, keras.Sequential):
-        return keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
-    inputs = keras.tree.map_structure(
-        lambda t: keras.Input(
-            batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
-        ),
-        model.input,
-    )
+    def clone_layer(layer):
+        if isinstance(layer, keras.Model) and _has_graph(layer):
+            deferred[id(layer)] = None  # cloned by call_layer, at the widths it is called with
+            return layer
+        return clone_plain(layer)
+
+    def call_layer(twin, *args, **kwargs):
+        if id(twin) not in deferred:
+            return call_function(twin, *args, **kwargs) if call_function else twin(*args, **kwargs)
+        if deferred[id(twin)] is None:
+            deferred[id(twin)] = clone(
+                twin,
+                clone_function,
+                clone_operation=clone_operation,
+                call_function=call_function,
+                like=args[0] if args else kwargs.get("inputs"),
+            )
+        return deferred[id(twin)](*args, **kwargs)
+
+    if isinstance(model, keras.Sequential):  # nested models keep their input shapes here
+        first = None if like is None else keras.tree.flatten(like)[0]
+        return keras.models.clone_model(
+            model,
+            input_tensors=None if first is None else _input_like(model.inputs[0], first),
+            clone_function=clone_plain,
+            recursive=True,
+        )
+    inputs = keras.tree.map_structure(lambda t: _input_like(t, t), model.input)
+    if like is not None:
+        inputs = _inputs_like(model.input, like, inputs)
     return keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=clone_layer, recursive=True
+        model,
+        input_tensors=inputs,
+        clone_function=clone_layer,
+        call_function=call_layer,
+        recursive=False,
     )
+
+
+def _has_graph(model: keras.Model) -> bool:
+    return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
+
+
+def _input_like(original: Any, like: Any) -> Any:
+    """A new ``keras.Input`` named as the ``original`` input, shaped as the ``like`` tensor."""
+    name = original._keras_history.operation.name
+    return keras.Input(batch_shape=tuple(like.shape), dtype=original.dtype, name=name)
+
+
+def _inputs_like(structure: Any, like: Any, default: Any) -> Any:
+    """New inputs for ``structure`` shaped as ``like`` (``default`` if they do not match)."""
+    try:
+        return keras.tree.map_structure(_input_like, structure, like)
+    except (TypeError, ValueError):
+        return default
+
+
+def layer_from_config(layer: keras.Layer, config: dict | None = None) -> keras.Layer:
+    """A new layer of ``layer``'s class from ``config`` (default: its own config).
+
+    Serialized callables that ``config`` keeps from ``layer.get_config()`` (a
+    Python-lambda or unregistered activation, a custom initializer...) are
+    replaced by ``layer``'s live objects (see :func:`live_config`), so they
+    survive without a deserialization round trip (which Keras refuses for
+    lambdas in safe mode and cannot do for unregistered functions). Nothing is
+    shared with ``layer`` but those stateless callables: the new layer has its
+    own variables.
+
+    Raises:
+        ValueError: the config still does not load; the message names the layer.
+
+    Example:
+
+    >>> import keras
+    >>> dense = keras.layers.Dense(3, activation=lambda t: t * 2.0, name="d")
+    >>> twin = layer_from_config(dense, dict(dense.get_config(), units=2))
+    >>> twin.units, twin.activation is dense.activation, twin is dense
+    (2, True, False)
+    """
+    own = own_config(layer)
+    config = live_config(layer, own if config is None else config, own)
+    try:
+        return type(layer).from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) cannot be re-created from its "
+            f"config, which the pruned copy needs: {err}. Make its get_config() hold every "
+            "constructor argument, and register custom functions or classes it takes with "
+            "keras.saving.register_keras_serializable()."
+        ) from err
+
+
+def own_config(layer: keras.Layer) -> dict:
+    """``layer.get_config()``, without Keras' warning about serializing a ``lambda``.
+
+    The surgery reads configs to re-create layers in memory, around the live
+    functions (:func:`live_config`); nothing is saved, so the warning would mislead.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="The object being serialized includes a `lambda`",
+            category=UserWarning,
+        )
+        return layer.get_config()
+
+
+def live_config(layer: Any, config: dict, own: dict | None = None) -> dict:
+    """``config`` with each serialized callable replaced by ``layer``'s attribute of that name.
+
+    An entry is replaced where it is a serialized object (a dict) or a function
+    name, equal to the entry of ``own`` (``layer.get_config()``: an edited
+    entry is kept as given), and ``layer`` holds a callable under the same
+    name that is neither a layer nor one of its methods (``activation``,
+    ``kernel_initializer``, a custom layer's function argument...).
+    """
+    own = own_config(layer) if own is None else own
+    live = dict(config)
+    for key, value in config.items():
+        if not isinstance(value, dict | str) or key in ("name", "dtype"):
+            continue
+        if key not in own or own[key] is not value and own[key] != value:
+            continue
+        attribute = getattr(layer, key, None)
+        if _stateless_callable(attribute, layer):
+            live[key] = attribute
+    return live
+
+
+def _stateless_callable(attribute: Any, layer: Any) -> bool:
+    """A callable argument object (function, initializer...), not a layer or a bound method."""
+    if not callable(attribute) or isinstance(attribute, keras.Operation):
+        return False
+    return getattr(attribute, "__self__", None) is not layer
+
+
+def copy_operation(op: Any, edit_config: Callable[[dict], dict] | None = None) -> Any:
+    """A new ``keras.ops`` operation like ``op`` (its config edited by ``edit_config``).
+
+    An operation whose config does not round trip (built from Python objects)
+    is used as is when its config needs no change: operations hold no state.
+    """
+    try:
+        config = op.get_config()
+    except NotImplementedError:
+        return op
+    edited = config if edit_config is None else edit_config(config)
+    try:
+        return type(op).from_config(edited)
+    except (TypeError, ValueError):
+        if edited is config:  # nothing to change: the same (stateless) operation serves
+            return op
+        raise
 
 
 def copy_lambda(layer: keras.layers.Lambda) -> keras.layers.Lambda:
@@ -370,17 +654,21 @@ def zeroed_copy(
     mode = check_mode(fold_constants)
     plan = make_plan(graph, keep, consumer_maps)
     folds = analyze_folds(graph, plan) if mode == "exact" else {}
-    copy = clone(model, lambda layer: layer.__class__.from_config(layer.get_config()))
+    copy = clone(model, layer_from_config)
     copy.set_weights(model.get_weights())
     for calls in graph.calls.values():
         call = calls[0]
         if not is_consumer(call.layer) or not call.layer.weights:
             continue
         zeroed = _reference_zeroed(call, plan, folds, mode)
-        values = [
-            _reference_weight(value, axes, call, plan, zeroed)
-            for _, value, axes in registry.weights_with_axes(call.layer)
-        ]
+        groups = registry.kernel_groups(call.layer)
+        values = []
+        for name, value, axes in registry.weights_with_axes(call.layer):
+            if name == "kernel" and groups > 1:
+                full = _reference_weight(ungroup_kernel(value, groups), axes, call, plan, zeroed)
+                values.append(regroup_kernel(full, groups, call.path))
+            else:
+                values.append(_reference_weight(value, axes, call, plan, zeroed))
         _find_clone(copy, call.path).set_weights(values)
     return copy
 
@@ -429,6 +717,28 @@ def _find_clone(model: keras.Model, path: str) -> keras.Layer:
     for part in path.split("/"):
         layer = layer.get_layer(part)
     return layer
+
+
+def check_blocks(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> None:
+    """Raises ValueError unless every cut group keeps as many channels in each of its blocks.
+
+    A group read or made by a grouped conv (``ChannelGroup.blocks > 1``) must
+    keep the same number of channels in each of the conv's groups.
+    """
+    groups = {g.id: g for g in graph.groups()}
+    for gid, kept in keep.items():
+        group = groups.get(gid)
+        if group is None or group.blocks == 1:
+            continue
+        counts = group.block_counts(kept)
+        if len(set(counts.tolist())) > 1:
+            convs = ", ".join(f"'{p}'" for p in group.blocked_by)
+            name = ", ".join(f"'{p}'" for p in group.producers) or f"group {gid}"
+            raise ValueError(
+                f"The channels of {name} pass the grouped conv(s) {convs}: keep the same "
+                f"number in each of their {group.blocks} groups of {group.size // group.blocks} "
+                f"channels; the kept indices give {counts.tolist()}."
+            )
 
 
 def _validate_indices(path: str, indices: Sequence[int], size: int) -> np.ndarray:
@@ -482,6 +792,7 @@ def resolve_keep(graph: ChannelGraph, keep: Mapping[str, Sequence[int]]) -> dict
             )
         by_group[group.id] = idx
         named[group.id] = path
+    check_blocks(graph, by_group)
     return by_group
 
 

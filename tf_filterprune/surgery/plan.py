@@ -198,15 +198,17 @@ def _check_map_consumers(plan: SurgeryPlan) -> None:
     """Refuses a non-selection map on channels that a per-channel kernel consumes."""
     per_channel = (registry.DepthwiseRule, registry.SeparableRule)
     for call in plan.graph.iter_calls():
-        if not isinstance(registry.rule_for(call.layer), per_channel) or not call.in_layouts:
+        grouped = getattr(call.layer, "groups", 1) > 1  # per-group kernels: selection only
+        rule = registry.rule_for(call.layer)
+        if not (isinstance(rule, per_channel) or grouped) or not call.in_layouts:
             continue
         for space in call.in_layouts[0].spaces:
             group = plan.group_of_space(space)
             if group is not None and group.matrix is not None:
                 raise ValueError(
                     f"Layer '{call.path}' ({type(call.layer).__name__}) applies a per-channel "
-                    f"(depthwise) kernel to the channels of {group.name}, so it cannot take a "
-                    "consumer map: consumer maps need mixing consumers (Conv, Dense, "
+                    f"(depthwise) or per-group kernel to the channels of {group.name}, so it "
+                    "cannot take a consumer map: consumer maps need mixing consumers (Conv, Dense, "
                     "Conv transpose). Use plain selection (no map) for this group."
                 )
 
@@ -293,4 +295,5 @@ def mixing_axis(axes: Mapping[int, str] | None) -> tuple[int, str] | None:
 
 def is_consumer(layer: keras.Layer) -> bool:
     """True for a layer that mixes its input channels (Conv, Dense, Conv transpose...)."""
-    return isinstance(registry.rule_for(layer), registry.ProducerRule)
+    rule = registry.rule_for(layer)
+    return isinstance(rule, registry.ProducerRule) and rule.mixes(layer)
