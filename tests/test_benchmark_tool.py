@@ -159,7 +159,7 @@ def test_registry_defaults_and_pending_rows(monkeypatch, tmp_path):
         "clustering_no_branch",
     )  # the rows of the recorded tables: their results must still be found
     assert bench.BenchmarkConfig(output_dir=tmp_path).rows == rows.default_names()
-    experiments = ("dcff_glorot", "dcff_t100", "dcff_paced_u10", "fcf_p3m1", "fcf_p2m2")
+    experiments = ("dcff_glorot", "dcff_t100", "dcff_paced_u10", "fcf_p1m4", "fcf_p3m1", "fcf_p2m2")
     for name in (*experiments, "tfmot_50", "tfmot_75"):
         assert name in rows.names() and not rows.get(name).default  # README experiments
 
@@ -309,8 +309,8 @@ def test_ignored_layers_are_kept_whole_and_recorded(tmp_path):
     assert "conv1 kept whole" in bench.settings_text(kept)
 
 
-def test_fcf_row_pretrains_gates_strips_and_finetunes(tmp_path):
-    config = tiny_config(tmp_path, rows=("fcf",), epochs=3, pretrain_epochs=1)
+def test_two_stage_fcf_row_pretrains_gates_strips_and_finetunes(tmp_path):
+    config = tiny_config(tmp_path, rows=("fcf_p1m4",), epochs=3, pretrain_epochs=1)
     bench.run_benchmark(config)
     (record,) = read_runs(tmp_path / "runs.jsonl")
     l1 = bench.conv_widths(bench.compact_architecture(config))
