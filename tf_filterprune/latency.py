@@ -93,7 +93,7 @@ import numpy as np
 from absl import logging
 
 from tf_filterprune.graph import ChannelGraph, ChannelGroup, LayerCall, build_graph
-from tf_filterprune.pruner import Budget, kept_count
+from tf_filterprune.pruner import Budget, kept_count, largest_fitting_ratio
 
 __all__ = [
     "CACHE_ENV",
@@ -849,13 +849,7 @@ def allocate(
             f"remove about {reachable:.0%} (the unpruned layers and the interpreter's overhead "
             "stay). Lower target_latency_reduction or allow more layers to be pruned."
         )
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if latency.estimate(_at_ratio(tops, groups, mid)) <= goal_ms:
-            lo = mid
-        else:
-            hi = mid
+    lo = largest_fitting_ratio(lambda r: latency.estimate(_at_ratio(tops, groups, r)) <= goal_ms)
     counts = _give_back(latency, groups, tops, _at_ratio(tops, groups, lo), goal_ms)
     allowed = {g.id: fixed.get(g.id) or _candidates(g, budget) for g in groups}
     return _give_back(latency, groups, allowed, counts, goal_ms)

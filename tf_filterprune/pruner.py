@@ -8,7 +8,7 @@ one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,14 +233,25 @@ def search_uniform_ratio(
             "widths allowed (min_filters, round_to, ignored layers, unprunable groups) keep "
             "more. Lower target_macs_reduction or allow more layers to be pruned."
         )
+    return max(
+        largest_fitting_ratio(lambda r: macs.estimate(_counts(groups, budget, r)) <= goal), 1e-6
+    )
+
+
+def largest_fitting_ratio(fits: Callable[[float], bool], steps: int = 30) -> float:
+    """The largest ratio in [0, 1] for which ``fits`` holds (bisection; ``fits`` monotone).
+
+    >>> round(largest_fitting_ratio(lambda r: r * 10 <= 4), 6)
+    0.4
+    """
     lo, hi = 0.0, 1.0
-    for _ in range(30):
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        if macs.estimate(_counts(groups, budget, mid)) <= goal:
+        if fits(mid):
             lo = mid
         else:
             hi = mid
-    return max(lo, 1e-6)
+    return lo
 
 
 def fill_budget(
