@@ -116,19 +116,16 @@ def assert_surgery_contract(
 def _expected_producer_widths(graph, keep) -> dict[str, int]:
     """Producer path -> its compact width, for producers of a cut group.
 
-    A producer's output may span several groups (a Dense that gates a
-    Concatenate of two convs in a squeeze-excite block): its width is the sum of
-    their kept counts.
+    Read from the producer's output layout: its output may span several groups
+    (a Dense that gates a Concatenate of two convs in a squeeze-excite block),
+    hold several spaces of one group (a conv whose halves are tied by a split),
+    or be one space listed once per call (a shared sub-model's conv).
     """
-    widths: dict[str, int] = {}
-    cut: set[str] = set()
-    for group in graph.groups():
-        kept = len(keep[group.id]) if group.id in keep else group.size
-        for path in group.producers:
-            widths[path] = widths.get(path, 0) + kept
-            if group.id in keep:
-                cut.add(path)
-    return {path: widths[path] for path in cut}
+    keep_of = graph.keep_function(dict(keep))
+    cut = {path for group in graph.groups() if group.id in keep for path in group.producers}
+    return {
+        path: graph.first_call(graph.layers[path]).out_layouts[0].cut_width(keep_of) for path in cut
+    }
 
 
 def _get(model, path):

@@ -15,13 +15,23 @@ Blocks (each maps an NHWC tensor to an NHWC tensor):
 - ``("se", reduction)``: squeeze-excite (GAP -> Dense -> ReLU -> Dense -> sigmoid ->
   Reshape -> Multiply)
 - ``("pool",)``: MaxPooling2D 2x2 (only while the map is at least 4 wide)
-- ``("nested", width)``: a conv-BN-ReLU sub-model called as a layer
-- ``("ops", kind)``: keras.ops nodes: ``"scale"`` (x * 0.5 + 0.1), ``"relu6"``,
-  ``"add_self"`` (x + relu(x)), ``"split"`` (split in two on channels, relu one half,
-  concatenate), ``"pad"`` (pad H/W by 1 then a 'valid' 3x3 conv of x's width),
-  ``"mean"`` (x * mean over H, W keeping dims)
+- ``("nested", inner)``: a Functional sub-model made of the block specs ``inner``
+  (a tuple; ``()`` is a conv-BN-ReLU at x's width) called as a layer
+- ``("shared", inner)``: one Functional sub-model of the width-preserving block specs
+  ``inner`` (``"residual"`` and ``"ops"`` of ``SHARED_OPS_KINDS``; ``()`` is a
+  conv-BN-ReLU at x's width)
+  called twice in a row (a shared model: both calls keep the same channels)
+- ``("ops", kind)``: keras.ops nodes: ``"add_const"`` (x + 3.0), ``"scale"``
+  (x * 0.5 + 0.1), ``"relu6"``, ``"add_self"`` (x + relu(x)), ``"gate"``
+  (x * sigmoid(1x1 conv of x), a gate tying x to the conv), ``"swish"`` (x * sigmoid(x)),
+  ``"split"`` (split in two on channels, relu one half, concatenate), ``"slice"``
+  (``x[..., k:]`` and ``x[..., :k]`` swapped by a concatenate; both from 4 channels
+  up, so no part has one channel only), ``"pad"``
+  (pad H/W by 1 then a 'valid' 3x3 conv of x's width), ``"mean"`` (x * mean over H, W
+  keeping dims)
 
-Heads: ``"gap"`` (GlobalAveragePooling2D -> Dense) or ``"flatten"`` (Flatten -> Dense).
+Heads: ``"gap"`` (GlobalAveragePooling2D -> Dense), ``"flatten"`` (Flatten -> Dense) or
+``"mean"`` (keras.ops.mean over H, W -> Dense).
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ def build_model(specs: Sequence[tuple], head: str = "gap") -> keras.Model:
         x = BLOCKS[spec[0]](x, f"b{index}", *spec[1:])
     if head == "flatten":
         x = keras.layers.Flatten(name="flatten")(x)
+    elif head == "mean":
+        x = keras.ops.mean(x, axis=(1, 2))
     else:
         x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(CLASSES, name="fc")(x)
@@ -119,16 +131,33 @@ def pool_block(x, name):
     return keras.layers.MaxPooling2D(2, name=name)(x)
 
 
-def nested_block(x, name, width):
+def nested_block(x, name, inner=()):
     inner_in = keras.Input(tuple(x.shape[1:]), name=f"{name}_in")
-    y = keras.layers.Conv2D(width, 3, padding="same", name=f"{name}_conv")(inner_in)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn")(y)
-    y = keras.layers.ReLU(name=f"{name}_relu")(y)
+    y = inner_in
+    if not inner:
+        y = keras.layers.Conv2D(_channels(x), 3, padding="same", name=f"{name}_conv")(y)
+        y = _bn_relu(y, name, True)
+    for index, spec in enumerate(inner):
+        y = BLOCKS[spec[0]](y, f"{name}_{index}", *spec[1:])
     return keras.Model(inner_in, y, name=name)(x)
+
+
+def shared_block(x, name, inner=()):
+    inner_in = keras.Input(tuple(x.shape[1:]), name=f"{name}_in")
+    y = nested_block(inner_in, name, inner)
+    sub = keras.Model(inner_in, y, name=f"{name}_shared")
+    return sub(sub(x))
 
 
 def ops_block(x, name, kind):
     ops = keras.ops
+    if kind == "add_const":
+        return x + 3.0
+    if kind == "gate":
+        g = keras.layers.Conv2D(_channels(x), 1, name=f"{name}_gate")(x)
+        return ops.multiply(x, ops.sigmoid(g))
+    if kind == "swish":
+        return ops.multiply(x, ops.sigmoid(x))
     if kind == "scale":
         return ops.add(ops.multiply(x, 0.5), 0.1)
     if kind == "relu6":
@@ -136,10 +165,15 @@ def ops_block(x, name, kind):
     if kind == "add_self":
         return ops.add(x, ops.relu(x))
     if kind == "split":
-        if _channels(x) < 2 or _channels(x) % 2:
+        if _channels(x) < 4 or _channels(x) % 2:  # halves of one channel: nothing to prune
             return x
         a, b = ops.split(x, 2, axis=-1)
         return ops.concatenate([ops.relu(a), b], axis=-1)
+    if kind == "slice":
+        if _channels(x) < 4:
+            return x
+        k = _channels(x) // 2
+        return ops.concatenate([ops.relu(x[..., k:]), x[..., :k]], axis=-1)
     if kind == "pad":
         y = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
         return keras.layers.Conv2D(_channels(x), 3, padding="valid", name=f"{name}_conv")(y)
@@ -158,7 +192,22 @@ BLOCKS = {
     "se": se_block,
     "pool": pool_block,
     "nested": nested_block,
+    "shared": shared_block,
     "ops": ops_block,
 }
 
-OPS_KINDS = ("scale", "relu6", "add_self", "split", "pad", "mean")
+OPS_KINDS = (
+    "add_const",
+    "scale",
+    "relu6",
+    "add_self",
+    "gate",
+    "swish",
+    "split",
+    "slice",
+    "pad",
+    "mean",
+)
+SHARED_OPS_KINDS = tuple(kind for kind in OPS_KINDS if kind != "slice")
+"""Ops kinds in a shared sub-model: not "slice", whose channel swap, applied twice, ties
+channels to their images (at odd widths all of them, leaving nothing to prune)."""

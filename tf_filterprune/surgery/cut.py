@@ -421,9 +421,9 @@ def clone(
     ``call_function(twin, *args, **kwargs)`` makes each call of a Functional
     model's clone (default: ``twin(*args, **kwargs)``).
 
-    A model nested in a Functional model is cloned where it is first called,
-    with inputs shaped like the tensors it receives there (its input channels
-    may have been cut); ``like`` gives those tensors (structured as
+    A model nested in a Functional or Sequential model is cloned where it is
+    first called, with inputs shaped like the tensors it receives there (its
+    input channels may have been cut); ``like`` gives those tensors (structured as
     ``model.input``) for this model's own inputs.
     """
     clone_operation = clone_operation or copy_operation
@@ -455,13 +455,31 @@ def clone(
             )
         return deferred[id(twin)](*args, **kwargs)
 
-    if isinstance(model, keras.Sequential):  # nested models keep their input shapes here
+    if isinstance(model, keras.Sequential):
         first = None if like is None else keras.tree.flatten(like)[0]
+        running = [_input_like(model.inputs[0], model.inputs[0] if first is None else first)]
+
+        def clone_in_sequence(layer):
+            # Layers are cloned in order; the running tensor carries the cut widths, so a
+            # nested model is cloned with inputs shaped like what it receives here.
+            if isinstance(layer, keras.Model) and _has_graph(layer):
+                twin = clone(
+                    layer,
+                    clone_function,
+                    clone_operation=clone_operation,
+                    call_function=call_function,
+                    like=running[0],
+                )
+            else:
+                twin = clone_plain(layer)
+            running[0] = twin(running[0])
+            return twin
+
         return keras.models.clone_model(
             model,
             input_tensors=None if first is None else _input_like(model.inputs[0], first),
-            clone_function=clone_plain,
-            recursive=True,
+            clone_function=clone_in_sequence,
+            recursive=False,
         )
     inputs = keras.tree.map_structure(lambda t: _input_like(t, t), model.input)
     if like is not None:
