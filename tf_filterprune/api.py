@@ -34,6 +34,7 @@ from tf_filterprune.pruner import (
     check_target,
     kept_count,
     per_layer_ratios,
+    refusal_message,
     refusals,
     select_groups,
 )
@@ -303,12 +304,12 @@ def nothing_to_wrap(
         if not _wrappable(graph, group, method):
             names = ", ".join(f"'{p}'" for p in group.producers)
             lines.append(f"- {names} ({group.size} channels): {_why_not_wrapped(graph, group)}")
-    return (
-        f"Nothing in model '{graph.model.name}' can be wrapped for filter pruning: "
-        f"{type(method).__name__} wraps plain Conv2D layers (groups=1) that alone make a "
-        "group of channels (tffp.prune_once cuts the other prunable layers once). Per "
-        "group:\n" + "\n".join(lines or ["- (the model has no channel groups)"])
+    why = (
+        f"wrapped for filter pruning: {type(method).__name__} wraps plain Conv2D layers "
+        "(groups=1) that alone make a group of channels (tffp.prune_once cuts the other "
+        "prunable layers once)"
     )
+    return refusal_message(graph, why, lines)
 
 
 def _why_not_wrapped(graph: ChannelGraph, group) -> str:

@@ -93,7 +93,7 @@ import numpy as np
 from absl import logging
 
 from tf_filterprune.graph import ChannelGraph, ChannelGroup, LayerCall, build_graph
-from tf_filterprune.pruner import Budget, kept_count, largest_fitting_ratio
+from tf_filterprune.pruner import Budget, give_back, kept_count, largest_fitting_ratio
 
 __all__ = [
     "CACHE_ENV",
@@ -862,23 +862,10 @@ def _give_back(
     counts: dict[int, int],
     goal_ms: float,
 ) -> dict[int, int]:
-    counts = dict(counts)
-    spent = latency.estimate(counts)
-    while True:
-        best = None
-        for g in groups:
-            higher = [w for w in tops[g.id] if w > counts[g.id]]
-            if not higher:
-                continue
-            cost = latency.delta(counts, g.id, higher[0])
-            key = (counts[g.id] / g.size, cost)
-            if spent + cost <= goal_ms and (best is None or key < best[0]):
-                best = (key, cost, g.id, higher[0])
-        if best is None:
-            return counts
-        _, cost, group, new = best
-        spent += cost
-        counts[group] = new
+    def next_width(group: ChannelGroup, kept: int) -> int | None:
+        return next((w for w in tops[group.id] if w > kept), None)
+
+    return give_back(latency, groups, counts, goal_ms, next_width)
 
 
 def allocate_for_target(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -151,10 +151,13 @@ def nothing_to_prune(
 ) -> str:
     """The error message for a model in which no channel group can be pruned."""
     lines = refusals(graph, ignored_layers, prune_residual, min_filters)
-    return (
-        f"Nothing in model '{graph.model.name}' can be pruned: every channel group is "
-        "refused. Per group:\n" + "\n".join(lines or ["- (the model has no channel groups)"])
-    )
+    return refusal_message(graph, "pruned: every channel group is refused", lines)
+
+
+def refusal_message(graph: ChannelGraph, why: str, lines: Sequence[str]) -> str:
+    """``Nothing in model '<name>' can be <why>. Per group:`` and the per-group ``lines``."""
+    listed = "\n".join(lines or ["- (the model has no channel groups)"])
+    return f"Nothing in model '{graph.model.name}' can be {why}. Per group:\n{listed}"
 
 
 def per_layer_ratios(
@@ -254,34 +257,57 @@ def largest_fitting_ratio(fits: Callable[[float], bool], steps: int = 30) -> flo
     return lo
 
 
+class CostModel(Protocol):
+    """What :func:`give_back` needs of a cost: :class:`MacsModel` or a latency model."""
+
+    def estimate(self, counts: Mapping[int, int]) -> float: ...
+
+    def delta(self, counts: Mapping[int, int], group: int, new_count: int) -> float: ...
+
+
+def give_back(
+    cost: CostModel,
+    groups: list[ChannelGroup],
+    counts: Mapping[int, int],
+    goal: float,
+    next_count: Callable[[ChannelGroup, int], int | None],
+) -> dict[int, int]:
+    """Grows groups one step at a time while the estimated cost stays within ``goal``.
+
+    Each step gives ``next_count(group, kept)`` channels (``None``: no larger
+    width) to the group that keeps the smallest fraction of its channels (the
+    cheapest among equals) and still fits, so widths stay as even as the budget
+    allows.
+    """
+    counts = dict(counts)
+    spent = cost.estimate(counts)
+    while True:
+        best = None
+        for g in groups:
+            new = next_count(g, counts[g.id])
+            if new is None or new == counts[g.id]:
+                continue
+            delta = cost.delta(counts, g.id, new)
+            key = (counts[g.id] / g.size, delta)
+            if spent + delta <= goal and (best is None or key < best[0]):
+                best = (key, delta, g.id, new)
+        if best is None:
+            return counts
+        _, delta, group, new = best
+        spent += delta
+        counts[group] = new
+
+
 def fill_budget(
     macs: MacsModel, groups: list[ChannelGroup], budget: Budget, counts: dict[int, int], goal: float
 ) -> dict[int, int]:
     """Gives channels back, ``round_to`` at a time, while the MACs stay within ``goal``.
 
-    Rounding leaves the uniform allocation short of the target; each step adds
-    channels to the group that keeps the smallest fraction of its channels (the
-    cheapest in MACs among equals) and still fits, so widths stay as even as the
-    budget allows. Groups with a per-layer ratio keep it.
+    Rounding leaves the uniform allocation short of the target; :func:`give_back`
+    adds channels where the fewest are kept. Groups with a per-layer ratio keep it.
     """
-    counts = dict(counts)
-    spent = macs.estimate(counts)
     free = [g for g in groups if g.id not in budget.per_group]
-    while True:
-        best = None
-        for g in free:
-            new = min(counts[g.id] + budget.step(g), g.size)
-            if new == counts[g.id]:
-                continue
-            cost = macs.delta(counts, g.id, new)
-            key = (counts[g.id] / g.size, cost)
-            if spent + cost <= goal and (best is None or key < best[0]):
-                best = (key, cost, g.id, new)
-        if best is None:
-            return counts
-        _, cost, group, new = best
-        spent += cost
-        counts[group] = new
+    return give_back(macs, free, counts, goal, lambda g, kept: min(kept + budget.step(g), g.size))
 
 
 def allocate(

@@ -403,21 +403,35 @@ class FlattenRule(LayerRule):
         return config
 
 
+def reshaped_layout(layout, node):
+    """The layout after a reshape that keeps channels last and whole, or flattens; else None.
+
+    A row-major reshape that keeps the last dimension keeps every channel in
+    place; a flatten to one axis puts channel ``c`` of position ``p`` at
+    ``p*C + c``. Anything else mixes channels with other axes.
+    """
+    in_shape = tuple(node.input_tensors[0].shape)[1:]
+    out_shape = tuple(node.outputs[0].shape)[1:]
+    if in_shape and out_shape and in_shape[-1] == out_shape[-1] and in_shape[-1] is not None:
+        return layout
+    if len(out_shape) == 1 and in_shape and all(d is not None for d in in_shape):
+        return layout.flattened(int(np.prod(in_shape[:-1], dtype=np.int64)))
+    return None
+
+
+def _reshape_text(node) -> str:
+    in_shape = tuple(node.input_tensors[0].shape)[1:]
+    return f"reshapes {in_shape} to {tuple(node.outputs[0].shape)[1:]}"
+
+
 class ReshapeRule(LayerRule):
     """Reshape that keeps the channel axis last and whole, or flattens to 1-D."""
 
     def propagate(self, layer, in_layouts, node, ctx):
-        in_shape = tuple(node.input_tensors[0].shape)[1:]
-        out_shape = tuple(node.outputs[0].shape)[1:]
-        layout = in_layouts[0]
-        if in_shape and out_shape and in_shape[-1] == out_shape[-1] and in_shape[-1] is not None:
-            return [layout]
-        if len(out_shape) == 1 and all(d is not None for d in in_shape):
-            positions = 1
-            for d in in_shape[:-1]:
-                positions *= int(d)
-            return [layout.flattened(positions)]
-        ctx.forbid(layout.spaces, f"'{layer.name}' reshapes {in_shape} to {out_shape}")
+        kept = reshaped_layout(in_layouts[0], node)
+        if kept is not None:
+            return [kept]
+        ctx.forbid(in_layouts[0].spaces, f"'{layer.name}' {_reshape_text(node)}")
         return [ctx.opaque(node.outputs[0], layer, "output of a channel-mixing Reshape")]
 
     def resize_config(self, config, out_width, out_shape):
@@ -614,14 +628,10 @@ class ShapeRule(LayerRule):
     """
 
     def propagate(self, op, in_layouts, node, ctx):
-        in_shape = tuple(node.input_tensors[0].shape)[1:]
-        out_shape = tuple(node.outputs[0].shape)[1:]
-        layout = in_layouts[0]
-        if in_shape and out_shape and in_shape[-1] == out_shape[-1] and in_shape[-1] is not None:
-            return [layout]
-        if len(out_shape) == 1 and in_shape and all(d is not None for d in in_shape):
-            return [layout.flattened(int(np.prod(in_shape[:-1], dtype=np.int64)))]
-        ctx.forbid(layout.spaces, f"'{ctx.name_of(op)}' reshapes {in_shape} to {out_shape}")
+        kept = reshaped_layout(in_layouts[0], node)
+        if kept is not None:
+            return [kept]
+        ctx.forbid(in_layouts[0].spaces, f"'{ctx.name_of(op)}' {_reshape_text(node)}")
         return [ctx.opaque(node.outputs[0], op, "output of a channel-mixing reshape")]
 
     def resize_config(self, config, out_width, out_shape):
