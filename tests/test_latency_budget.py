@@ -190,3 +190,19 @@ def test_prune_filters_allocates_by_latency(timer):
 def test_per_layer_ratios_are_kept_under_a_latency_target(timer):
     compact = tffp.prune_once(cnn(), target_latency_reduction=0.4, per_layer={"conv3": 0.5})
     assert widths(compact)["conv3"] == 32
+
+
+def test_widths_below_the_first_tile_are_candidates(timer):
+    # an 8-wide group costs its producer one tile at every width, but narrower widths
+    # still make its consumer cheaper: they are the only way to cut that group further
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="narrow")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="wide")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    graph = tffp.build_graph(model)
+    lat = latency.measure(model, graph, verbose=0)
+    budget = tffp.pruner.Budget(0.5, {}, 1, 1)
+    by_size = {g.size: latency.steps(lat, g, budget) for g in graph.groups() if g.producers}
+    assert by_size[8] == list(range(1, 9))
+    compact = tffp.prune_once(model, "l1", target_latency_reduction=0.7)
+    assert compact.get_layer("narrow").filters < 8

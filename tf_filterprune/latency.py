@@ -54,12 +54,12 @@ The allocation
 :func:`allocate` chooses each group's width among the tops of its latency
 steps (:func:`steps`: the widths, multiples of ``round_to``, after which its
 producers get slower; on AVX-512 XNNPACK, 16, 32, 64, 96... for a 128-wide
-conv), as the MACs allocation of :func:`tffp.prune_once` chooses multiples of
+conv; below the first top, every allowed width), as the MACs allocation of :func:`tffp.prune_once` chooses multiples of
 ``round_to``: the largest uniform keep ratio whose estimate fits the goal
 (bisection), then groups moved up one step at a time, the group keeping the
 smallest fraction of its channels first, while the estimate fits. So no conv is
-left inside a step for want of a better use of the budget (a 16-wide stage cut
-to 9 costs as 16), and widths stay as even as the steps allow. What budget is
+left inside a step for want of a better use of the budget (a 64-wide conv cut
+to 20 filters costs as 32), and widths stay as even as the steps allow. What budget is
 left then goes, ``round_to`` channels at a time in the same order, to widths
 inside a step, which brings small models closer to the goal.
 
@@ -792,15 +792,20 @@ def steps(latency: LatencyModel, group: ChannelGroup, budget: Budget) -> list[in
     least ``min_filters``, and the full size). A candidate is kept when the
     next one makes the group's producers slower: between two such widths the
     producers cost the same (XNNPACK computes whole tiles of output channels),
-    so a width inside a step buys nothing. Groups no timed layer produces keep
-    every candidate.
+    so a width inside a step buys nothing. Below the first top every candidate
+    is kept: there the producers cost as one tile, but a narrower width still
+    makes the consumers (whose cost grows with their input channels) and the
+    element-wise ops cheaper, and it is the only way to cut further (a 16-wide
+    ResNet-56 stage at tile 16). Groups no timed layer produces keep every
+    candidate.
     """
     candidates = _candidates(group, budget)
     costs = [latency.out_cost(group.id, w) for w in candidates]
     if costs[-1] <= 0.0:
         return candidates
     tops = [w for w, c, nxt in zip(candidates, costs, costs[1:], strict=False) if nxt > c * 1.001]
-    return [*tops, group.size]
+    first = tops[0] if tops else group.size
+    return [*(w for w in candidates if w < first), *tops, group.size]
 
 
 def _candidates(group: ChannelGroup, budget: Budget) -> list[int]:
