@@ -129,12 +129,12 @@ def test_the_latency_model_is_cached(timer, monkeypatch, tmp_path):
     again = latency.measure(cnn(), verbose=0)  # the same architecture, built again
     assert timer.calls == calls
     tffp.prune_once(model, target_latency_reduction=0.5)
-    assert timer.calls == calls
+    assert timer.calls == calls + 1  # not measured again; the compact model checked once
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(files) == 2 and files[1].startswith("tile-"), files
     assert again.total == pytest.approx(fake_ms(model))
     latency.measure(model, num_threads=2, verbose=0)  # another thread count: measured
-    assert timer.calls == calls + 2
+    assert timer.calls == calls + 3
 
 
 def test_cache_dir_argument_wins_over_the_environment(timer, shared_cache, tmp_path):
@@ -206,3 +206,19 @@ def test_widths_below_the_first_tile_are_candidates(timer):
     assert by_size[8] == list(range(1, 9))
     compact = tffp.prune_once(model, "l1", target_latency_reduction=0.7)
     assert compact.get_layer("narrow").filters < 8
+
+
+def test_the_allocation_is_corrected_by_timing_the_compact_model(timer, monkeypatch):
+    # a machine where whole compact models run 15% slower than the latency model says:
+    # the check times the compact model, scales the goal and allocates again
+    def slow_compacts(probes, num_threads=1, verbose=1):
+        ms = timer(probes, num_threads)
+        return {k: v * (1.15 if k == "model/compact" else 1.0) for k, v in ms.items()}
+
+    monkeypatch.setattr(latency, "measure_probes", slow_compacts)
+    model = cnn()
+    compact = tffp.prune_once(model, target_latency_reduction=0.5)
+    measured = 1.15 * fake_ms(compact) / fake_ms(model)
+    assert abs(measured - 0.5) <= 0.03, measured
+    uncorrected = fake_ms(compact) / fake_ms(model)
+    assert uncorrected < 0.47  # what the latency model alone would have aimed at: 0.5
