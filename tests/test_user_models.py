@@ -166,6 +166,59 @@ def test_lambda_on_the_channel_path_leaves_that_group_whole():
     )
 
 
+def test_lambda_with_closure_arguments_and_output_shape():
+    offset = np.float32(0.5)  # a closure over a local: its bytecode config would not load
+    inp = keras.Input((8, 8, 3))
+    x = L.Lambda(lambda t, k: t * k + offset, arguments={"k": 2.0}, output_shape=(8, 8, 3))(inp)
+    x = L.Conv2D(6, 3, padding="same", name="c")(x)
+    model = keras.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
+    compact = tffp.prune_once(model, "l2", keep_ratio=0.5)
+    assert compact.get_layer("c").filters == 3
+    twin = compact.layers[1]
+    assert isinstance(twin, L.Lambda) and twin.arguments == {"k": 2.0}
+    x = np.ones((1, 8, 8, 3), "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(twin(x)), 2.5)
+    assert predict(compact, [x]).shape == (1, 2)
+
+
+def test_lambda_in_sequential_and_nested_models():
+    seq = keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            L.Lambda(lambda t: t - 0.5, name="centre"),
+            L.Conv2D(8, 3, name="c"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3, name="head"),
+        ]
+    )
+    assert tffp.prune_once(seq, keep_ratio=0.5).get_layer("c").filters == 4
+    inp = keras.Input((12, 12, 3))
+    out = L.Dense(2, name="outer_head")(preprocessing_model()(inp))
+    nested = tffp.prune_once(keras.Model(inp, out), keep_ratio=0.5)
+    assert nested.layers[1].get_layer("c1").filters == 4
+    assert nested.output_shape == (None, 2)
+
+
+def test_a_lambda_before_a_batchnorm_leaves_both_sides_whole():
+    inp = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.Conv2D(8, 3, padding="same", name="c2")(L.ReLU()(x))
+    model = keras.Model(inp, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x)))
+    groups = build_graph(model).groups()
+    (c1,) = [g for g in groups if g.producers == ["c1"]]
+    assert any("'double' is a Lambda layer" in r and "unknown" in r for r in c1.reasons)
+    (after,) = [g for g in groups if any("'double':" in r for r in g.reasons)]
+    assert not c1.prunable and not after.prunable  # the Lambda's output (BN's input) too
+    compact = tffp.prune_once(model, keep_ratio=0.5)
+    assert compact.get_layer("c1").filters == 8
+    assert compact.get_layer("bn1").get_weights()[0].shape == (8,)
+    assert compact.get_layer("c2").filters == 4  # the rest still prunes
+    with pytest.raises(ValueError, match="Lambda layer"):
+        tffp.prune_channels(model, {"c1": [0, 1]})
+
+
 class Shift(L.Layer):
     """A custom layer whose get_config forgets its constructor argument."""
 
@@ -234,3 +287,20 @@ def test_keep_ratio_one_is_a_no_op_not_an_error():
     assert [compact.get_layer(n).filters for n in ("c1", "c2")] == [8, 12]
     x = input_batch(model)
     np.testing.assert_allclose(predict(compact, x), predict(model, x), atol=1e-6)
+
+
+def test_nothing_left_after_ignored_layers_raises():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.Conv2D(8, 3, name="a"), L.Conv2D(4, 1, name="b")]
+    )
+    with pytest.raises(ValueError, match="'a' \\(8 channels\\): its producer is in ignored"):
+        tffp.prune_once(model, ignored_layers=["a"])
+    assert tffp.prune_once(model).get_layer("a").filters == 4  # something left: no error
+
+
+def test_only_a_single_filter_layer_raises():
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(1, 3, name="one")(inp)
+    model = keras.Model(inp, L.Conv2D(2, 1)(x))
+    with pytest.raises(ValueError, match="'one' \\(1 channel\\): has a single filter"):
+        tffp.prune_once(model)
