@@ -15,7 +15,7 @@ True
 tfmot is never imported here: it forces the legacy tf_keras process-wide.
 """
 
-from tf_filterprune import callbacks, data, export, models, schedules
+from tf_filterprune import callbacks, data, export, models, qat, schedules
 from tf_filterprune.api import (
     custom_objects,
     per_layer_from_rates,
@@ -70,6 +70,7 @@ __all__ = [
     "export",
     "fold_parallel_branch",
     "models",
+    "qat",
     "profile",
     "prune_channels",
     "prune_once",
