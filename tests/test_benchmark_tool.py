@@ -92,11 +92,17 @@ def test_rows_summaries_and_resume(tmp_path):
         assert 0.4 <= runs[row]["macs_ratio"] <= 0.5
         assert runs[row]["tflite_bytes"] < runs["unpruned"]["tflite_bytes"]
     assert runs["scratch"]["widths"] == runs["l1_finetune"]["widths"]
+    for record in runs.values():  # the full-int8 TFLite model of every row
+        assert 0.0 <= record["int8_accuracy"] <= 1.0 and record["int8_latency_ratio"] > 0
+        int8 = (tmp_path / record["int8_tflite_file"]).read_bytes()
+        assert record["int8_tflite_bytes"] == len(int8) < 0.5 * record["tflite_bytes"]
+        assert "CONV_2D" in tffp.export.tflite_ops(int8)
 
     with (tmp_path / "summary.csv").open() as f:
         summary = list(csv.DictReader(f))
     assert [line["row"] for line in summary] == ["unpruned", "l1_finetune", "scratch"]
     assert "| l1_finetune |" in (tmp_path / "summary.md").read_text()
+    assert "Full-int8 TFLite" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "accuracy_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
 
     again = bench.run_benchmark(config)  # resumed: every pair is done

@@ -142,6 +142,9 @@ flags.DEFINE_integer("test_limit", None, "Use only the first N test examples (qu
 flags.DEFINE_string("output_dir", "benchmarks/results/fashion", "Where the results go.")
 flags.DEFINE_bool("overwrite", False, "Rerun the requested (row, seed) pairs already done.")
 flags.DEFINE_integer("latency_rounds", 20, "Interleaved TFLite latency rounds.")
+flags.DEFINE_bool(
+    "int8", True, "Also convert each compact model to full-int8 TFLite: accuracy, bytes, latency."
+)
 flags.DEFINE_integer("timing_steps", 100, "Timed steps of the plain model (step-time ratio).")
 flags.DEFINE_integer("timing_skip", 10, "Untimed first steps of every timed fit.")
 flags.DEFINE_enum("tfmot_schedule", "polynomial", ["polynomial", "constant"], "tfmot schedule.")
@@ -214,6 +217,7 @@ def config_from_flags() -> BenchmarkConfig:
         tfmot_schedule=FLAGS.tfmot_schedule,
         overwrite=FLAGS.overwrite,
         latency_rounds=FLAGS.latency_rounds,
+        int8=FLAGS.int8,
         timing_steps=FLAGS.timing_steps,
         timing_skip=FLAGS.timing_skip,
         verbose=verbose,

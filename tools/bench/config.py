@@ -58,6 +58,7 @@ class BenchmarkConfig:
     timing_skip: int = 10
     verbose: int = 2
     save_models: bool = True
+    int8: bool = True
 
     def __post_init__(self) -> None:
         from bench import rows

@@ -24,6 +24,10 @@ def tflite_path(config: BenchmarkConfig, row: str, seed: int) -> Path:
     return config.output_dir / "tflite" / f"{row}_seed{seed}.tflite"
 
 
+def int8_tflite_path(config: BenchmarkConfig, row: str, seed: int) -> Path:
+    return config.output_dir / "tflite" / f"{row}_seed{seed}_int8.tflite"
+
+
 def model_path(config: BenchmarkConfig, row: str) -> Path:
     return config.output_dir / "models" / f"{row}.keras"
 

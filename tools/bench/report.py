@@ -30,6 +30,15 @@ def measure_latencies(recs: list[dict[str, Any]], config: BenchmarkConfig) -> No
     if not present:
         return
     blobs = {f"{r['row']}/{r['seed']}": files[id(r)].read_bytes() for r in present}
+    int8 = {
+        id(r): config.output_dir / r["int8_tflite_file"]
+        for r in present
+        if r.get("int8_tflite_file")
+    }
+    int8 = {key: path for key, path in int8.items() if path.exists()}
+    for record in present:
+        if id(record) in int8:
+            blobs[f"{record['row']}/{record['seed']}/int8"] = int8[id(record)].read_bytes()
     has_unpruned = any(r["row"] == "unpruned" for r in present)
     if not has_unpruned:
         blobs[DENSE_REFERENCE] = tffp.export.to_tflite(tffp.models.fashion_cnn())
@@ -42,6 +51,9 @@ def measure_latencies(recs: list[dict[str, Any]], config: BenchmarkConfig) -> No
     base = statistics.fmean(reference) if reference else None
     for record in present:
         record["latency_ratio"] = ratio(record["latency_ms"], base)
+        if id(record) in int8:  # against the float unpruned model, as every ratio here
+            ms = results[f"{record['row']}/{record['seed']}/int8"].median_ms
+            record["int8_latency_ms"], record["int8_latency_ratio"] = ms, ratio(ms, base)
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -64,6 +76,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "latency_ms",
     "latency_ratio",
     "step_time_ratio",
+    "int8_accuracy",
+    "int8_tflite_bytes",
+    "int8_latency_ratio",
 )
 
 
@@ -116,6 +131,26 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
         f"{_plain(line, 'params', ',.0f')} | {_plain(line, 'tflite_bytes', ',.0f')} | "
         f"{_pm(line, 'latency_ratio', 3)} | {_pm(line, 'step_time_ratio', 2)} | {line['seeds']} |"
         for line in summary
+    ]
+    return header + "\n".join(lines) + "\n" + int8_table(summary)
+
+
+def int8_table(summary: list[dict[str, Any]]) -> str:
+    """The full-int8 TFLite models of the rows that have them (empty when none has)."""
+    with_int8 = [line for line in summary if line.get("int8_accuracy_mean") is not None]
+    if not with_int8:
+        return ""
+    header = (
+        "\nFull-int8 TFLite (int8 ops and input/output, calibrated on 4 fixed training "
+        "batches; latency ratio against the float unpruned model):\n\n"
+        "| method | float accuracy | int8 accuracy | int8 TFLite bytes | int8 latency ratio "
+        "| seeds |\n|---|---:|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {line['row']} | {_pm(line, 'accuracy', 4)} | {_pm(line, 'int8_accuracy', 4)} | "
+        f"{_plain(line, 'int8_tflite_bytes', ',.0f')} | {_pm(line, 'int8_latency_ratio', 3)} | "
+        f"{line['seeds']} |"
+        for line in with_int8
     ]
     return header + "\n".join(lines) + "\n"
 

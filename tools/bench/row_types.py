@@ -263,6 +263,8 @@ def run_pair(data: Data, row: Row, seed: int, dense: tffp.profiling.ModelProfile
     record.update(result.metrics)
     if result.model is not None:
         record.update(model_metrics(result.model, config, row.name, seed))
+        if config.int8:
+            record.update(int8_metrics(result.model, data, row.name, seed))
     else:
         record["tflite_file"] = records.output_relative(config, result.tflite_path)
         record["tflite_bytes"] = result.tflite_path.stat().st_size
@@ -272,6 +274,30 @@ def run_pair(data: Data, row: Row, seed: int, dense: tffp.profiling.ModelProfile
     record.update(seconds=round(time.time() - started, 1), config=config.recorded())
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return record
+
+
+INT8_CALIBRATION_BATCHES = 4
+"""Fixed BN batches (of ``batch_size`` examples) that calibrate the full-int8 conversion."""
+
+
+def int8_metrics(model: keras.Model, data: Data, row: str, seed: int) -> dict:
+    """The full-int8 TFLite model (int8 ops and I/O, calibrated on fixed training batches):
+    its file, bytes and test accuracy (latency is measured with the others at the end)."""
+    path = records.int8_tflite_path(data.config, row, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calibration = data.bn_batches[:INT8_CALIBRATION_BATCHES]
+    blob = tffp.export.to_tflite(
+        model,
+        str(path),
+        quantization="int8",
+        representative_data=calibration,
+        num_calibration_steps=INT8_CALIBRATION_BATCHES * data.config.batch_size,
+    )
+    return {
+        "int8_tflite_file": records.output_relative(data.config, path),
+        "int8_tflite_bytes": len(blob),
+        "int8_accuracy": tffp.export.evaluate_tflite(blob, data.test),
+    }
 
 
 def model_metrics(model: keras.Model, config: BenchmarkConfig, row: str, seed: int) -> dict:
