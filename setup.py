@@ -9,6 +9,16 @@ setup(
     "clustering, CNN-FCF, DPFPS and one-shot criteria, with physical model shrinking.",
     packages=find_packages(include=["tf_filterprune", "tf_filterprune.*"]),
     python_requires=">=3.10",
+    entry_points={
+        # tools/<name>.py runs the same tools from a clone
+        "console_scripts": [
+            "tffp-strip = tf_filterprune.cli.strip:run",
+            "tffp-export = tf_filterprune.cli.export:run",
+            "tffp-evaluate = tf_filterprune.cli.evaluate:run",
+            "tffp-profile = tf_filterprune.cli.profile:run",
+            "tffp-benchmark = tf_filterprune.cli.benchmark:run",
+        ],
+    },
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.4,<4",
@@ -27,6 +37,8 @@ setup(
             "pytest-xdist",
             "hypothesis",
             "ai-edge-litert",
+            # keras_hub's image backbones in the coverage tests (needs Python >= 3.11)
+            "keras-hub>=0.32; python_version>='3.11'",
             "tf-keras",
             "ruff",
         ],

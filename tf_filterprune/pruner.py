@@ -183,7 +183,9 @@ class MacsModel:
     """Exact MACs of the compact model a keep-count map would give, without building it.
 
     Every call of a counted layer is re-priced by :func:`layer_macs` with its
-    input and output channel counts replaced by the kept ones.
+    input and output channel counts replaced by the kept ones. ``total``
+    counts the layers inside traced custom layers too (which :func:`profile`
+    of the original model, seeing one opaque layer, does not).
     """
 
     def __init__(self, model: keras.Model, graph: ChannelGraph):
@@ -192,6 +194,8 @@ class MacsModel:
         self.terms: list[tuple[Any, LayerCall]] = []
         self.terms_of_group: dict[int, list[int]] = {}
         for call in graph.iter_calls():
+            if graph.traced_paths and graph.under_traced(call.path):
+                self.total += layer_macs(call.layer, call.in_shapes, call.out_shapes, call.path)
             if not (call.in_layouts and call.out_layouts):
                 continue
             if layer_macs(call.layer, call.in_shapes, call.out_shapes, call.path) == 0:

@@ -39,7 +39,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_filterprune.graph import registry
+from tf_filterprune.graph import registry, trace
 from tf_filterprune.graph.layout import Layout, Segment
 
 
@@ -123,6 +123,19 @@ class ChannelGraph:
         self._parent: list[int] = []
         self.calls: dict[int, list[LayerCall]] = {}
         self.layers: dict[str, Any] = {}
+        # custom layer id -> the Functional model its call was traced into (trace.py)
+        self.traced: dict[int, keras.Model] = {}
+        self.traced_paths: list[str] = []
+
+    def inner_model(self, layer: Any) -> keras.Model | None:
+        """The graph walked for ``layer``: a nested model, a traced custom layer's model, or None."""
+        if isinstance(layer, keras.Model) and _has_graph(layer):
+            return layer
+        return self.traced.get(id(layer))
+
+    def under_traced(self, path: str) -> bool:
+        """True when ``path`` is a layer inside a traced custom layer."""
+        return any(path.startswith(p + "/") for p in self.traced_paths)
 
     # ----------------------------------------------------------- union-find
     def find(self, space: int) -> int:
@@ -266,6 +279,7 @@ class GraphBuilder:
         self.splits: dict[str, set[int]] = {}
         self._pending = False  # a walk asked for a new split: walk again
         self._may_split = True
+        self._traces: dict[int, keras.Model | str] = {}  # custom layer id -> model or reason
 
     # ------------------------------------------------------- rule callbacks
     def new_space(
@@ -444,9 +458,16 @@ class GraphBuilder:
             self.graph.layers[path] = layer
             return self._walk(layer, ins, prefix=path + "/")
         rule = registry.rule_for(layer)
+        traced = self._trace(layer, node) if rule is None and trace.is_candidate(layer) else None
+        if isinstance(traced, keras.Model):
+            self.graph.layers[path] = traced
+            self.graph.traced[id(layer)] = traced
+            if path not in self.graph.traced_paths:
+                self.graph.traced_paths.append(path)
+            return self._walk(traced, ins, prefix=path + "/")
         reason = rule.check(layer, node) if rule is not None else None
         if rule is None or reason is not None:
-            why = reason or _unknown(layer)
+            why = reason or _unknown(layer, traced)
             label = "" if isinstance(layer, keras.Layer) else f" ({registry.op_label(layer)})"
             for lay in ins:
                 self.forbid(lay.spaces, f"'{path}'{label} {why}")
@@ -457,6 +478,15 @@ class GraphBuilder:
             LayerCall(layer, path, ins, outs, _shapes(node.input_tensors), _shapes(node.outputs))
         )
         return outs
+
+    def _trace(self, layer: Any, node: Any) -> keras.Model | str:
+        """The custom layer's traced model (traced at its first call), or why it cannot be."""
+        if id(layer) not in self._traces:
+            try:
+                self._traces[id(layer)] = trace.trace_layer(layer, node)
+            except trace.TraceError as err:
+                self._traces[id(layer)] = str(err)
+        return self._traces[id(layer)]
 
     def _record(self, call: LayerCall) -> None:
         graph = self.graph
@@ -471,9 +501,18 @@ class GraphBuilder:
         previous.append(call)
 
 
-def _unknown(layer: Any) -> str:
-    """The reason for a layer or operation the registry has no rule for."""
+def _unknown(layer: Any, untraced: str | None = None) -> str:
+    """The reason for a layer or operation the registry has no rule for.
+
+    ``untraced`` says why a custom layer could not be traced into a sub-graph.
+    """
     cls = type(layer)
+    if untraced is not None:
+        return (
+            f"is a {cls.__name__}, which the channel registry does not know and which cannot "
+            f"be traced into a sub-graph: {untraced} (register a rule for it with "
+            "tf_filterprune.graph.register_layer)"
+        )
     if isinstance(layer, keras.Layer):
         return (
             f"is a {cls.__name__}, which the channel registry does not know "

@@ -317,6 +317,17 @@ class ChannelNormRule(NormalizationRule):
         return [in_layouts[0]]
 
 
+class LastAxisNormRule(ChannelNormRule):
+    """A normalization over the last (channel) axis with no ``axis`` argument.
+
+    keras_hub's MobileNetV5 ``RmsNorm2d``: ``x / rms(x over channels) * gamma``.
+    Not output-exact, as :class:`ChannelNormRule`; ``channels_first`` is refused.
+    """
+
+    def check(self, layer, node):
+        return LayerRule.check(self, layer, node)
+
+
 class GroupNormRule(ChannelNormRule):
     """GroupNormalization: exact per channel when each channel is its own group.
 
@@ -970,6 +981,10 @@ def _register_application_layers() -> None:
     register_layer(
         f"{hub}.mobilenetv5.mobilenetv5_layers.LayerScale2d",
         PerChannelRule({"gamma": {0: IN}}, "dim"),
+    )
+    register_layer(
+        f"{hub}.mobilenetv5.mobilenetv5_layers.RmsNorm2d",
+        LastAxisNormRule({"gamma": {0: IN}}, "dim"),
     )
     register_layer(  # one scalar scale and bias
         f"{hub}.hgnetv2.hgnetv2_layers.HGNetV2LearnableAffineBlock",

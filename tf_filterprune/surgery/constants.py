@@ -191,8 +191,9 @@ class _Walker:
 
     def _node(self, node: Any, ins: list[Probe]) -> list[Probe]:
         layer = node.operation
-        if _is_nested(layer):
-            return self._walk(layer, ins)
+        inner = self.graph.inner_model(layer)  # a nested model or a traced custom layer
+        if inner is not None:
+            return self._walk(inner, ins)
         call = self.graph.first_call(layer)
         if call is not None and is_consumer(layer):
             self._record_consumer(layer, call, ins[0])
@@ -358,9 +359,3 @@ def _union_lost(probes: Sequence[Probe]) -> tuple[str, ...]:
 
 def _by_group(groups: np.ndarray, channels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(g): np.unique(channels[groups == g]) for g in np.unique(groups)}
-
-
-def _is_nested(layer: Any) -> bool:
-    return isinstance(layer, keras.Model) and (
-        isinstance(layer, keras.Sequential) or hasattr(layer, "_nodes_by_depth")
-    )

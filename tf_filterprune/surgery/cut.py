@@ -256,7 +256,13 @@ def rebuild(
             args, kwargs = rule.cut_arguments(original, args, kwargs, call, keep_of)
         return twin(*args, **kwargs)
 
-    compact = clone(model, clone_layer, clone_operation=clone_operation, call_function=call_cut)
+    compact = clone(
+        model,
+        clone_layer,
+        clone_operation=clone_operation,
+        call_function=call_cut,
+        substitutes=graph.traced,
+    )
     for original, twin in pairs:
         if not original.weights:
             continue
@@ -410,6 +416,7 @@ def clone(
     clone_operation: Callable[[Any], Any] | None = None,
     call_function: Callable[..., Any] | None = None,
     like: Any = None,
+    substitutes: Mapping[int, keras.Model] | None = None,
 ) -> keras.Model:
     """``keras.models.clone_model`` (recursive), keeping the input layers' names.
 
@@ -425,9 +432,25 @@ def clone(
     first called, with inputs shaped like the tensors it receives there (its
     input channels may have been cut); ``like`` gives those tensors (structured as
     ``model.input``) for this model's own inputs.
+
+    ``substitutes`` maps a layer id to a Functional model that stands for it
+    (a custom layer traced into its sublayers, ``ChannelGraph.traced``): the
+    clone holds a clone of that model, named as the layer, in its place, called
+    with the layer's first argument (and ``training``).
     """
     clone_operation = clone_operation or copy_operation
+    substitutes = substitutes or {}
     deferred: dict[int, Any] = {}
+
+    def nested(inner, like_tensors):
+        return clone(
+            inner,
+            clone_function,
+            clone_operation=clone_operation,
+            call_function=call_function,
+            like=like_tensors,
+            substitutes=substitutes,
+        )
 
     def clone_plain(layer):
         if type(layer) is keras.layers.Lambda:
@@ -437,7 +460,7 @@ def clone(
         return clone_function(layer)
 
     def clone_layer(layer):
-        if isinstance(layer, keras.Model) and _has_graph(layer):
+        if (isinstance(layer, keras.Model) and _has_graph(layer)) or id(layer) in substitutes:
             deferred[id(layer)] = None  # cloned by call_layer, at the widths it is called with
             return layer
         return clone_plain(layer)
@@ -445,13 +468,14 @@ def clone(
     def call_layer(twin, *args, **kwargs):
         if id(twin) not in deferred:
             return call_function(twin, *args, **kwargs) if call_function else twin(*args, **kwargs)
+        substitute = substitutes.get(id(twin))
+        if substitute is not None:  # a traced custom layer: its model takes the first argument
+            kwargs = {k: v for k, v in kwargs.items() if k == "training"}
+            args = args[:1]
         if deferred[id(twin)] is None:
-            deferred[id(twin)] = clone(
-                twin,
-                clone_function,
-                clone_operation=clone_operation,
-                call_function=call_function,
-                like=args[0] if args else kwargs.get("inputs"),
+            deferred[id(twin)] = nested(
+                twin if substitute is None else substitute,
+                args[0] if args else kwargs.get("inputs"),
             )
         return deferred[id(twin)](*args, **kwargs)
 
@@ -463,13 +487,9 @@ def clone(
             # Layers are cloned in order; the running tensor carries the cut widths, so a
             # nested model is cloned with inputs shaped like what it receives here.
             if isinstance(layer, keras.Model) and _has_graph(layer):
-                twin = clone(
-                    layer,
-                    clone_function,
-                    clone_operation=clone_operation,
-                    call_function=call_function,
-                    like=running[0],
-                )
+                twin = nested(layer, running[0])
+            elif id(layer) in substitutes:
+                twin = nested(substitutes[id(layer)], running[0])
             else:
                 twin = clone_plain(layer)
             running[0] = twin(running[0])
@@ -551,6 +571,10 @@ def own_config(layer: keras.Layer) -> dict:
 
     The surgery reads configs to re-create layers in memory, around the live
     functions (:func:`live_config`); nothing is saved, so the warning would mislead.
+    A layer without a ``get_config`` of its own whose automatic config fails
+    (keras_hub builds ``Identity(dtype=<a DTypePolicy>)``) gets the base
+    config: its name, ``trainable`` and dtype policy (enough for such a layer;
+    re-creating one with more constructor arguments then fails with its name).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(
@@ -558,7 +582,14 @@ def own_config(layer: keras.Layer) -> dict:
             message="The object being serialized includes a `lambda`",
             category=UserWarning,
         )
-        return layer.get_config()
+        try:
+            return layer.get_config()
+        except NotImplementedError:
+            return {
+                "name": layer.name,
+                "trainable": layer.trainable,
+                "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+            }
 
 
 def live_config(layer: Any, config: dict, own: dict | None = None) -> dict:
@@ -672,8 +703,7 @@ def zeroed_copy(
     mode = check_mode(fold_constants)
     plan = make_plan(graph, keep, consumer_maps)
     folds = analyze_folds(graph, plan) if mode == "exact" else {}
-    copy = clone(model, layer_from_config)
-    copy.set_weights(model.get_weights())
+    copy = clone_with_weights(model, graph)
     for calls in graph.calls.values():
         call = calls[0]
         if not is_consumer(call.layer) or not call.layer.weights:
@@ -688,6 +718,26 @@ def zeroed_copy(
             else:
                 values.append(_reference_weight(value, axes, call, plan, zeroed))
         _find_clone(copy, call.path).set_weights(values)
+    return copy
+
+
+def clone_with_weights(model: keras.Model, graph: ChannelGraph) -> keras.Model:
+    """A copy of ``model`` with the same weights; traced custom layers become sub-models.
+
+    Weights are copied layer by layer (a traced sub-model orders its layers by
+    the graph, not as the custom layer tracked them).
+    """
+    pairs = []
+
+    def copy_layer(layer):
+        twin = layer_from_config(layer)
+        pairs.append((layer, twin))
+        return twin
+
+    copy = clone(model, copy_layer, substitutes=graph.traced)
+    for original, twin in pairs:
+        if original.weights:
+            twin.set_weights(original.get_weights())
     return copy
 
 

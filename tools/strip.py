@@ -1,0 +1,9 @@
+"""Strip a wrapped .keras model into a compact one (tffp-strip; --help for the flags)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tf_filterprune.cli.strip import run  # noqa: E402
+
+if __name__ == "__main__":
+    run()
