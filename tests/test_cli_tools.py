@@ -161,7 +161,7 @@ def test_console_scripts_point_at_run_functions():
     scripts = dict(
         (part.strip() for part in line.split("=")) for line in entry_points["console_scripts"]
     )
-    expected = {f"tffp-{n}" for n in ("train-prune", *NAMES, "benchmark")}
+    expected = {f"tffp-{n}" for n in (*NAMES, "benchmark")}
     assert set(scripts) == expected
     for script, target in scripts.items():
         module_name, function = target.split(":")

@@ -79,6 +79,7 @@ def test_import_and_export_helpers_without_litert():
 
 #: Import names of the distributions that setup.py lists only as extras.
 EXTRA_MODULES = {
+    "keras-hub": "keras_hub",
     "ai-edge-litert": "ai_edge_litert",
     "tf-keras": "tf_keras",
     "matplotlib": "matplotlib",
