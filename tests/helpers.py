@@ -180,3 +180,12 @@ def fit_pruning(model, x, y, epochs=2, batch_size=8, **kwargs):
         callbacks=[tffp.callbacks.UpdateFilterPruning()], **kwargs,
     )  # fmt: skip
     return model
+
+
+def fashion_mnist_present() -> bool:
+    """Whether the Fashion-MNIST IDX files are installed (tests skip without them)."""
+    try:
+        tffp.data.load_fashion_mnist("test")
+    except FileNotFoundError:
+        return False
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from helpers import fashion_mnist_present
 
 import tf_filterprune as tffp
 from tf_filterprune.methods.base import wrappers_of
@@ -19,16 +20,8 @@ from tf_filterprune.methods.base import wrappers_of
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _fashion_mnist_present() -> bool:
-    try:
-        tffp.data.load_fashion_mnist("test")
-    except FileNotFoundError:
-        return False
-    return True
-
-
 pytestmark = pytest.mark.skipif(
-    not _fashion_mnist_present(), reason="Fashion-MNIST IDX files are not installed"
+    not fashion_mnist_present(), reason="Fashion-MNIST IDX files are not installed"
 )
 
 

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
+from helpers import fashion_mnist_present
 from keras import layers as L
 
 import tf_filterprune as tffp
@@ -32,16 +33,8 @@ NAMES = ("strip", "export", "evaluate", "profile")
 TIMEOUT = 300
 
 
-def _fashion_mnist_present() -> bool:
-    try:
-        tffp.data.load_fashion_mnist("test")
-    except FileNotFoundError:
-        return False
-    return True
-
-
 needs_fashion_mnist = pytest.mark.skipif(
-    not _fashion_mnist_present(), reason="Fashion-MNIST IDX files are not installed"
+    not fashion_mnist_present(), reason="Fashion-MNIST IDX files are not installed"
 )
 
 
