@@ -316,3 +316,26 @@ def test_two_stage_fcf_row_pretrains_gates_strips_and_finetunes(tmp_path):
     assert record["widths"] == l1
     assert 0.0 <= record["accuracy_after_cut"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
     assert record["strip_difference"] is not None and record["step_time_ratio"] > 0
+
+
+def test_resnet20_model_pads_the_images_and_prunes_only_inside_blocks(tmp_path):
+    config = tiny_config(tmp_path, model="resnet20", round_to=8, rows=("unpruned", "dpfps"))
+    assert config.recorded()["model"] == "resnet20"
+    assert "model" not in tiny_config(tmp_path).recorded()  # older records still match
+    data = bench.load_data(config)
+    assert tuple(data.bn_batches[0].shape[1:]) == (32, 32, 1)
+    compact = bench.compact_architecture(config)
+    widths = bench.conv_widths(compact)
+    dense = bench.conv_widths(tffp.models.resnet20(input_shape=(32, 32, 1)))
+    cut = {name for name in widths if widths[name] != dense[name]}
+    assert cut and all(name.endswith("_conv1") and name != "conv1" for name in cut), cut
+    ratio = (
+        tffp.profile(compact).total_macs / tffp.profile(bench.reference_model(config)).total_macs
+    )
+    assert ratio <= 0.5
+    wrapped = rows.get("dcff_paced").wrap(bench.reference_model(config), config)
+    assert bench.conv_widths(tffp.strip_filter_pruning(wrapped)) == widths
+    with pytest.raises(ValueError, match="tfmot baseline rebuilds fashion_cnn"):
+        tiny_config(tmp_path, model="resnet20", rows=("tfmot",))
+    with pytest.raises(ValueError, match="unknown model"):
+        tiny_config(tmp_path, model="resnet50")

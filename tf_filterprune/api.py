@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from tf_filterprune.graph import ChannelGraph, build_graph
+from tf_filterprune.graph.dependency import describe_non_keras3
 from tf_filterprune.methods.base import (
     FilterPruningWrapper,
     PruningContext,
@@ -239,8 +240,21 @@ def prune_filters(
         )
     raise ValueError(
         f"prune_filters expects a keras Model, a layer or a list of layers, got "
-        f"{type(to_prune).__name__}."
+        f"{describe_non_keras3(to_prune)}."
     )
+
+
+def _check_fixed_sizes(model: keras.Model) -> None:
+    """Refuses inputs of unknown spatial size: the callback and the strip count MACs."""
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape)
+        if any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"prune_filters needs fixed input sizes, but the input '{tensor.name}' of "
+                f"'{model.name}' has shape {shape}: the pruning callback and "
+                "strip_filter_pruning count MACs per layer. Build the model on an input of "
+                "the training size, e.g. keras.Input((32, 32, 3))."
+            )
 
 
 def _prune_model(
@@ -255,6 +269,7 @@ def _prune_model(
     *,
     latency_budget: dict[str, Any] | None = None,
 ):
+    _check_fixed_sizes(model)
     graph = build_graph(model)
     budget = Budget(
         method.keep_ratio, per_layer_ratios(graph, per_layer), int(round_to), int(min_filters)

@@ -3,10 +3,11 @@ r"""Training-time filter pruning under ``MultiWorkerMirroredStrategy``: train, c
 Run on every worker of a cluster with ``TF_CONFIG`` set (the same command on each;
 worker 0 is the chief), or let the tool start ``--local_workers`` workers on
 127.0.0.1 itself. Each worker builds a small CNN in the strategy's scope, wraps it
-for each ``--methods`` (``tffp.prune_filters``), trains it with ``model.fit`` and
-``tffp.callbacks.UpdateFilterPruning`` on a synthetic dataset sharded by the
-strategy (``--epochs``, ``--steps_per_epoch``), with ``keras.callbacks.BackupAndRestore``
-checkpoints in ``--workdir/<method>/backup`` (a killed run resumes there), then strips
+for each ``--methods`` (``tffp.prune_filters``), trains it with the custom loop
+:func:`train_loop` (below) and ``tffp.callbacks.UpdateFilterPruning`` on a synthetic
+dataset sharded by the strategy (``--epochs``, ``--steps_per_epoch``), with
+``tf.train.CheckpointManager`` checkpoints every epoch in ``--workdir/<method>/ckpt``
+(a killed run resumes there), then strips
 the wrapped model and checks the compact model against it. Every worker writes
 ``--workdir/<method>/worker<i>.json`` (widths, the strip's max difference, a
 checksum of the compact weights, so the workers can be compared); the chief also

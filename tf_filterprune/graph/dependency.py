@@ -297,12 +297,21 @@ class GraphBuilder:
         """The layout of a producer's new channels: one space, or several where split."""
         cuts = sorted(p for p in self.splits.get(self._path_of[id(layer)], ()) if 0 < p < width)
         edges = [0, *cuts, int(width)]
-        return Layout(
+        layout = Layout(
             tuple(
                 Segment(self.new_space(b - a, layer, offset=a), b - a)
                 for a, b in zip(edges, edges[1:], strict=False)
             )
         )
+        mixing = registry.channel_mixing_activation(layer)
+        if mixing is not None:
+            self.forbid(
+                layout.spaces,
+                f"'{self.name_of(layer)}' applies activation='{mixing}' across its output "
+                "channels: removing some would change every kept one (apply the activation "
+                "in a separate layer after the cut, or keep the layer whole)",
+            )
+        return layout
 
     def name_of(self, layer: Any) -> str:
         """The graph path of a layer or operation (its name if not walked yet)."""
@@ -572,6 +581,18 @@ def functional_of(model: keras.Model) -> keras.Model:
     return model
 
 
+def describe_non_keras3(obj: Any) -> str:
+    """``type(obj).__name__``, saying so when it is a legacy ``tf_keras`` model or layer."""
+    name = type(obj).__name__
+    module = type(obj).__module__ or ""
+    if module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras")):
+        return (
+            f"{name} from legacy tf_keras ({module}); tf_filterprune works on Keras 3 models: "
+            "build the model with `import keras` (Keras 3), without TF_USE_LEGACY_KERAS=1"
+        )
+    return name
+
+
 def build_graph(model: keras.Model) -> ChannelGraph:
     """Builds the channel dependency graph of a Functional or Sequential model.
 
@@ -585,5 +606,5 @@ def build_graph(model: keras.Model) -> ChannelGraph:
         ValueError: for a subclassed model or an unbuilt Sequential model.
     """
     if not isinstance(model, keras.Model):
-        raise ValueError(f"Expected a keras.Model, got {type(model).__name__}.")
+        raise ValueError(f"Expected a keras.Model, got {describe_non_keras3(model)}.")
     return GraphBuilder(model).build()

@@ -139,6 +139,25 @@ class ProducerRule(LayerRule):
         return True
 
 
+CHANNEL_MIXING_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
+"""Activations computed across the channel axis: a producer fused with one cannot
+lose output channels without changing the kept ones."""
+
+
+def channel_mixing_activation(layer: Any) -> str | None:
+    """The name of ``layer``'s fused activation if it mixes channels (softmax), else None.
+
+    >>> import keras
+    >>> channel_mixing_activation(keras.layers.Dense(3, activation="softmax"))
+    'softmax'
+    >>> channel_mixing_activation(keras.layers.Dense(3, activation="relu")) is None
+    True
+    """
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None)
+    return name if name in CHANNEL_MIXING_ACTIVATIONS else None
+
+
 def conv_grouping(layer: Any) -> str:
     """How a conv's ``groups`` splits its channels: ``"plain"``, ``"depthwise"`` or ``"grouped"``.
 

@@ -629,8 +629,8 @@ def _members(graph, root: int, spaces: set[int], wrapped) -> list[GroupMember]:
             registry.IN: call.in_layouts[0],
             registry.IN_EXPANDED: call.in_layouts[0].expanded(rule.expansion(call.layer)),
         }
-        for variable in layer.weights:
-            name = variable.name.split("/")[-1]
+        for variable in getattr(layer, "weights", ()):  # keras.ops nodes have none
+            name = registry.weight_name(layer, variable, axes_by_name)
             for axis, side in (axes_by_name.get(name) or {}).items():
                 positions = channel_positions(layouts[side], graph, root)
                 if positions is None:

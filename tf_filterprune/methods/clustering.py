@@ -665,7 +665,7 @@ class FilterClustering(PruningMethod):
                 continue
             for member in group.members:
                 layer = layers.get(id(member.variable))
-                if member.role == CONSUMER and isinstance(registry.rule_for(layer), _PER_CHANNEL):
+                if member.role == CONSUMER and _per_channel_consumer(layer):
                     raise ValueError(
                         f"FilterClustering merges the channels of '{group.name}' by summing "
                         f"their slices in every consumer, but '{layer.name}' "
@@ -845,6 +845,14 @@ def _norm_stats(layer: keras.layers.BatchNormalization) -> dict[str, Any]:
 
 
 _PER_CHANNEL = (registry.DepthwiseRule, registry.SeparableRule)
+
+
+def _per_channel_consumer(layer: Any) -> bool:
+    """A depthwise or separable conv, or a ``Conv2D(groups>1)``: no sum over all its inputs."""
+    rule = registry.rule_for(layer)
+    if isinstance(rule, _PER_CHANNEL):
+        return True
+    return isinstance(rule, registry.ConvRule) and registry.conv_grouping(layer) != "plain"
 
 
 def _layers_by_variable(model: keras.Model) -> dict[int, keras.Layer]:

@@ -174,7 +174,7 @@ def rebuild(
     (a layer mixing channels: Conv, Dense, Conv transpose, SeparableConv). A
     consumer without a bias gets one. Groups whose cut is not output-exact
     (``ChannelGroup.inexact``: a LayerNormalization over their channels) are
-    cut structurally, and a warning says so.
+    cut structurally; a warning says so, and so do the ``notes``.
 
     Args:
         model: the original model (not modified).
@@ -198,7 +198,8 @@ def rebuild(
             folds only where a bias represents it exactly and drops it
             elsewhere; False drops every removed channel (no fold).
         notes: if given, receives one human-readable string per consumer whose
-            fold was inexact or skipped.
+            fold was inexact or skipped, and one per cut group that is not
+            output-exact (a normalization over its channels).
 
     Example:
 
@@ -222,6 +223,7 @@ def rebuild(
     folds = analyze_folds(graph, plan) if mode is not False else {}
     if notes is not None:
         notes.extend(fold_notes(folds, plan, mode))
+        notes.extend(inexact_notes(graph, keep))
     deltas = {
         lid: fold.delta for lid, fold in folds.items() if fold.applies(mode) and fold.delta.any()
     }

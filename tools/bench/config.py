@@ -20,7 +20,13 @@ RECORDED_SETTINGS: tuple[str, ...] = (
 )
 """Settings stored with every result; a rerun reuses only results with the same ones.
 
-``ignored_layers`` is stored too, when it is not empty (so older records still match)."""
+``ignored_layers`` is stored too when it is not empty, and ``model`` when it is not
+``fashion_cnn`` (so older records still match)."""
+
+
+MODELS: tuple[str, ...] = ("fashion_cnn", "resnet20")
+"""The benchmark's reference models: ``tffp.models.fashion_cnn()`` on 28x28 images, and
+``tffp.models.resnet20`` on Fashion-MNIST zero-padded to 32x32 (one channel)."""
 
 
 def _default_rows() -> tuple[str, ...]:
@@ -39,6 +45,7 @@ class BenchmarkConfig:
     """
 
     output_dir: Path
+    model: str = "fashion_cnn"
     rows: tuple[str, ...] = field(default_factory=_default_rows)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 5
@@ -63,6 +70,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         from bench import rows
 
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {list(MODELS)}")
         unknown = sorted(set(self.rows) - set(rows.names()))
         if unknown:
             raise ValueError(f"unknown rows {unknown}; expected some of {list(rows.names())}")
@@ -80,6 +89,8 @@ class BenchmarkConfig:
         settings = {name: getattr(self, name) for name in RECORDED_SETTINGS}
         if self.ignored_layers:
             settings["ignored_layers"] = list(self.ignored_layers)
+        if self.model != "fashion_cnn":
+            settings["model"] = self.model
         return settings
 
     @property

@@ -32,10 +32,32 @@ __all__ = [
     "l1_cut",
     "load_data",
     "plain_step_time",
+    "reference_model",
     "ratio",
     "timed_epoch",
     "train",
 ]
+
+
+RESNET_PAD = 2
+"""Zero pixels added on each side of the 28x28 images for ``resnet20`` (32x32 input)."""
+
+
+def reference_model(config: BenchmarkConfig) -> keras.Model:
+    """A fresh, randomly initialized reference model of ``config.model``."""
+    if config.model == "resnet20":
+        size = 28 + 2 * RESNET_PAD
+        return tffp.models.resnet20(input_shape=(size, size, 1))
+    return tffp.models.fashion_cnn()
+
+
+def fashion_pipeline(config: BenchmarkConfig, split: str, batch_size: int, **kwargs):
+    """``tffp.data.fashion_mnist_dataset``, zero-padded to 32x32 for ``resnet20``."""
+    dataset = tffp.data.fashion_mnist_dataset(split, batch_size, **kwargs)
+    if config.model != "resnet20":
+        return dataset
+    pad = [[0, 0], [RESNET_PAD, RESNET_PAD], [RESNET_PAD, RESNET_PAD], [0, 0]]
+    return dataset.map(lambda x, y: (tf.pad(x, pad), y))
 
 
 @dataclass
@@ -48,8 +70,9 @@ class Data:
 
     def train(self, seed: int) -> tf.data.Dataset:
         """The shuffled training pipeline of ``seed``."""
-        return tffp.data.fashion_mnist_dataset(
-            "train", self.config.batch_size, shuffle=True, limit=self.config.train_limit, seed=seed
+        config = self.config
+        return fashion_pipeline(
+            config, "train", config.batch_size, shuffle=True, limit=config.train_limit, seed=seed
         )
 
 
@@ -72,10 +95,10 @@ class StepTimer(StepTimerMixin, keras.callbacks.Callback):
 
 def load_data(config: BenchmarkConfig) -> Data:
     """Fixed (unshuffled) BN batches of the training subset and the test pipeline."""
-    bn = tffp.data.fashion_mnist_dataset(
-        "train", config.batch_size, shuffle=False, limit=config.train_limit
+    bn = fashion_pipeline(
+        config, "train", config.batch_size, shuffle=False, limit=config.train_limit
     )
-    test = tffp.data.fashion_mnist_dataset("test", 256, shuffle=False, limit=config.test_limit)
+    test = fashion_pipeline(config, "test", 256, shuffle=False, limit=config.test_limit)
     return Data(bn_batches=[x for x, _ in bn.take(config.bn_steps)], test=test, config=config)
 
 
@@ -123,10 +146,15 @@ def conv_widths(model: keras.Model) -> dict[str, int]:
 
 
 def l1_cut(model: keras.Model, config: BenchmarkConfig) -> keras.Model:
-    """The one-shot L1 cut every compact row is compared at."""
+    """The one-shot L1 cut every compact row is compared at.
+
+    Residual-coupled channels are left whole (``prune_residual=False``), as the
+    methods' ``prune_filters`` does by default: the papers' block-internal pruning.
+    """
     return tffp.prune_once(
         model,
         "l1",
+        prune_residual=False,
         target_macs_reduction=config.macs_reduction,
         round_to=config.round_to,
         ignored_layers=config.ignored_layers,
@@ -134,8 +162,8 @@ def l1_cut(model: keras.Model, config: BenchmarkConfig) -> keras.Model:
 
 
 def compact_architecture(config: BenchmarkConfig) -> keras.Model:
-    """The compact CNN of the L1 cut (widths only depend on the budget, not on weights)."""
-    return l1_cut(tffp.models.fashion_cnn(), config)
+    """The compact model of the L1 cut (widths only depend on the budget, not on weights)."""
+    return l1_cut(reference_model(config), config)
 
 
 def plain_step_time(model: keras.Model, data: Data, seed: int) -> float | None:

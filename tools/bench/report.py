@@ -11,6 +11,7 @@ from typing import Any
 import tf_filterprune as tffp
 from bench import records, rows
 from bench.config import BenchmarkConfig
+from bench.protocol import reference_model
 from bench.timing import ratio
 
 DENSE_REFERENCE = "dense_reference"
@@ -41,7 +42,7 @@ def measure_latencies(recs: list[dict[str, Any]], config: BenchmarkConfig) -> No
             blobs[f"{record['row']}/{record['seed']}/int8"] = int8[id(record)].read_bytes()
     has_unpruned = any(r["row"] == "unpruned" for r in present)
     if not has_unpruned:
-        blobs[DENSE_REFERENCE] = tffp.export.to_tflite(tffp.models.fashion_cnn())
+        blobs[DENSE_REFERENCE] = tffp.export.to_tflite(reference_model(config))
     results = tffp.export.compare_latency(blobs, num_threads=1, rounds=config.latency_rounds)
     for record in present:
         record["latency_ms"] = results[f"{record['row']}/{record['seed']}"].median_ms
@@ -161,8 +162,9 @@ def settings_text(config: BenchmarkConfig) -> str:
     whole = f", {', '.join(kept)} kept whole" if kept else ""
     limits = f", train_limit={config.train_limit}" if config.train_limit else ""
     limits += f", test_limit={config.test_limit}" if config.test_limit else ""
+    images = " padded to 32x32" if config.model == "resnet20" else ""
     return (
-        f"Fashion-MNIST, `fashion_cnn`, {config.macs_reduction:.0%} fewer MACs "
+        f"Fashion-MNIST{images}, `{config.model}`, {config.macs_reduction:.0%} fewer MACs "
         f"(round_to={config.round_to}{whole}), {config.epochs} epochs per row "
         f"(l1_finetune: {config.pretrain_epochs} + {config.epochs - config.pretrain_epochs}), "
         f"Adam lr {config.lr:g} cosine to 1%, batch {config.batch_size}, BN re-estimated on "
@@ -176,7 +178,9 @@ def write_summary_markdown(summary: list[dict], config: BenchmarkConfig, path: P
     path.write_text(f"{settings_text(config)}\n\n{markdown_table(summary)}")
 
 
-def plot_accuracy_vs_macs(summary: list[dict[str, Any]], path: Path) -> None:
+def plot_accuracy_vs_macs(
+    summary: list[dict[str, Any]], path: Path, model: str = "fashion_cnn"
+) -> None:
     """``accuracy_vs_macs.png``: accuracy mean ± std against the MACs ratio, a point per row."""
     import matplotlib
 
@@ -190,7 +194,7 @@ def plot_accuracy_vs_macs(summary: list[dict[str, Any]], path: Path) -> None:
         ax.annotate(line["row"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("MACs ratio (vs unpruned)")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title("Fashion-MNIST CNN: accuracy vs MACs")
+    ax.set_title(f"Fashion-MNIST, {model}: accuracy vs MACs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -214,5 +218,5 @@ def write_outputs(config: BenchmarkConfig) -> list[dict[str, Any]]:
     summary = summarize(current)
     write_summary_csv(summary, config.output_dir / "summary.csv")
     write_summary_markdown(summary, config, config.output_dir / "summary.md")
-    plot_accuracy_vs_macs(summary, config.output_dir / "accuracy_vs_macs.png")
+    plot_accuracy_vs_macs(summary, config.output_dir / "accuracy_vs_macs.png", config.model)
     return summary

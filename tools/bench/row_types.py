@@ -33,6 +33,7 @@ from bench.protocol import (
     evaluate,
     plain_step_time,
     ratio,
+    reference_model,
     train,
 )
 from tf_filterprune.methods.base import wrappers_of
@@ -115,7 +116,7 @@ class FromScratch:
     def run(self, row: MethodRow, data: Data, seed: int) -> RowResult:
         config = data.config
         keras.utils.set_random_seed(seed)
-        wrapped = row.wrap(tffp.models.fashion_cnn(), config)
+        wrapped = row.wrap(reference_model(config), config)
         compact, timer, reference = train_with_method(wrapped, data, seed, config.epochs)
         accuracy = evaluate(compact, data)
         metrics = {"accuracy": accuracy, "widths": conv_widths(compact)}
@@ -158,7 +159,7 @@ class PretrainThenMethod:
     def run(self, row: MethodRow, data: Data, seed: int) -> RowResult:
         config = data.config
         keras.utils.set_random_seed(seed)
-        model = tffp.models.fashion_cnn()
+        model = reference_model(config)
         pretrain = self.pretrain(config)
         train(model, data.train(seed), pretrain, config)
         timer = StepTimer(config.timing_skip)

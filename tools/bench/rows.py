@@ -23,6 +23,7 @@ from bench.protocol import (
     compact_architecture,
     evaluate,
     l1_cut,
+    reference_model,
     train,
 )
 from bench.row_types import FunctionRow, MethodRow, Row, from_scratch, pretrain_then_method
@@ -113,7 +114,7 @@ def method_rows(requested: tuple[str, ...]) -> list[MethodRow]:
 
 def run_unpruned(data: Data, seed: int) -> RowResult:
     """The dense CNN trained for all epochs."""
-    model = tffp.models.fashion_cnn()
+    model = reference_model(data.config)
     train(model, data.train(seed), data.config.epochs, data.config)
     return RowResult({"accuracy": evaluate(model, data)}, model=model)
 
@@ -122,7 +123,7 @@ def run_l1_finetune(data: Data, seed: int) -> RowResult:
     """Pretrain, cut once by L1 norm, fine-tune the remaining epochs."""
     config = data.config
     dataset = data.train(seed)
-    model = tffp.models.fashion_cnn()
+    model = reference_model(data.config)
     train(model, dataset, config.pretrain_epochs, config)
     compact = l1_cut(model, config)
     after_cut = evaluate(compact, data)

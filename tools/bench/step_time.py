@@ -16,7 +16,13 @@ import keras
 import tf_filterprune as tffp
 from bench import rows
 from bench.config import BenchmarkConfig
-from bench.protocol import compact_architecture, compile_model, timed_epoch
+from bench.protocol import (
+    compact_architecture,
+    compile_model,
+    fashion_pipeline,
+    reference_model,
+    timed_epoch,
+)
 
 
 def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, Any]:
@@ -28,15 +34,15 @@ def measure_step_time_ratios(config: BenchmarkConfig, rounds: int) -> dict[str, 
     method_rows = rows.method_rows(config.rows)
     if not method_rows:
         raise ValueError(f"no training-time method row among {list(config.rows)}")
-    dataset = tffp.data.fashion_mnist_dataset(
-        "train", config.batch_size, shuffle=True, limit=config.train_limit, seed=0
+    dataset = fashion_pipeline(
+        config, "train", config.batch_size, shuffle=True, limit=config.train_limit, seed=0
     )
     steps = int(dataset.cardinality())
-    models = {row.name: row.wrap(tffp.models.fashion_cnn(), config) for row in method_rows}
+    models = {row.name: row.wrap(reference_model(config), config) for row in method_rows}
     models["plain"] = keras.models.clone_model(compact_architecture(config))
     full_width = {r.name for r in method_rows if not r.method(config).compact_width}
     if full_width:  # full-width methods (DPFPS) train the dense CNN: that is their reference
-        models["dense"] = tffp.models.fashion_cnn()
+        models["dense"] = reference_model(config)
     for model in models.values():
         compile_model(model, steps * rounds, config.lr)
     seconds: dict[str, list[float]] = {name: [] for name in models}

@@ -105,7 +105,11 @@ class TfmotRow:
     default: bool = True
 
     def check(self, config: BenchmarkConfig) -> None:
-        del config
+        if config.model != "fashion_cnn":
+            raise ValueError(
+                f"{self.name}: the tfmot baseline rebuilds fashion_cnn in tf_keras; "
+                f"it does not run on {config.model!r} (leave the row out of --rows)"
+            )
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"{self.name}: sparsity must be in [0, 1), got {self.sparsity}")
 
