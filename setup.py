@@ -17,6 +17,7 @@ setup(
             "tffp-evaluate = tf_filterprune.cli.evaluate:run",
             "tffp-profile = tf_filterprune.cli.profile:run",
             "tffp-benchmark = tf_filterprune.cli.benchmark:run",
+            "tffp-train-prune = tf_filterprune.cli.train_prune:run",
         ],
     },
     install_requires=[
@@ -25,6 +26,8 @@ setup(
         "tensorflow-model-optimization>=0.8",
         "tensorflow-datasets>=4.9",
         "absl-py",
+        # the experiment configs of configs/ and tffp-train-prune's --config flag
+        "ml_collections",
         "numpy",
         "tensorboard",
     ],

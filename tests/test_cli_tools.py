@@ -125,7 +125,7 @@ def assert_explains_every_flag(name: str, help_output: str) -> None:
     assert len(defined) >= 4, defined
     for flag, help_text in defined.items():
         assert len(help_text) > 20, (name, flag, help_text)
-        assert f"--{flag}:" in text, (name, flag)
+        assert f"--{flag}:" in text or f"--[no]{flag}:" in text, (name, flag)  # [no]: a bool
         assert _words(help_text)[:40] in text, (name, flag, help_text)
 
 
@@ -154,7 +154,7 @@ def test_console_scripts_point_at_run_functions():
     scripts = dict(
         (part.strip() for part in line.split("=")) for line in entry_points["console_scripts"]
     )
-    expected = {f"tffp-{n}" for n in (*NAMES, "benchmark")}
+    expected = {f"tffp-{n}" for n in (*NAMES, "benchmark", "train-prune")}
     assert set(scripts) == expected
     for script, target in scripts.items():
         module_name, function = target.split(":")

@@ -21,8 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tf_filterprune.cli.common import ERROR_EXIT, CliError, report
-from tf_filterprune.cli.evaluate import HELP_FLAGS
+from tf_filterprune.cli.common import ERROR_EXIT, HELP_FLAGS, CliError, report
 
 SCRIPT_ENV = "TFFP_BENCHMARK_SCRIPT"
 """Environment variable naming the benchmark script, when it is not next to the package."""

@@ -4,7 +4,8 @@ A tool's ``main(argv)`` raises :class:`CliError` (or ``ValueError``,
 ``FileNotFoundError``, ``absl.flags.Error``) for bad flags, configs or inputs;
 :func:`run_tool` prints ``<tool>: error: <message>`` on one line to stderr and exits
 with status 2 (usage) or 1 (anything else the user can fix), never a traceback. Bugs
-(any other exception) still raise with their traceback.
+(any other exception) still raise with their traceback. ``--help`` (absl's help flags,
+which exit with status 1) exits with status 0.
 
 Example:
 
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -81,13 +83,64 @@ def run_tool(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
         return None
 
     flags_parser = _one_line_flags_parser
-    app.run(guarded, argv=list(argv) if argv is not None else None, flags_parser=flags_parser)
+    try:
+        app.run(guarded, argv=list(argv) if argv is not None else None, flags_parser=flags_parser)
+    except SystemExit as exit_:  # absl's --help prints the usage and exits with status 1
+        args = list(argv if argv is not None else sys.argv)[1:]
+        args = args[: args.index("--")] if "--" in args else args
+        if exit_.code == 1 and HELP_FLAGS.intersection(args):
+            sys.exit(0)
+        raise
+
+
+HELP_FLAGS = frozenset(
+    {
+        "-?",
+        "-h",
+        "--h",
+        "-help",
+        "--help",
+        "-helpshort",
+        "--helpshort",
+        "-helpfull",
+        "--helpfull",
+        "-helpxml",
+        "--helpxml",
+    }
+)
+"""absl's help flags: they print and exit with status 1, which :func:`run_tool` makes 0."""
 
 
 def _one_line_flags_parser(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with an unknown or malformed flag reported on one line."""
+    """absl's flag parsing, with an unknown or malformed flag reported on one line.
+
+    An override of a config field that does not exist (``--config.no_such=1``, the
+    ml_collections config flags) raises ``AttributeError`` / ``KeyError`` while parsing:
+    reported on one line too, naming the argument.
+    """
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         report(error, USAGE_EXIT)
         raise  # unreachable: report exits
+    except (AttributeError, KeyError) as error:
+        report(UsageError(_no_such_field(str(error), argv[1:])), USAGE_EXIT)
+        raise  # unreachable: report exits
+    except Exception as error:  # ml_collections' own errors (an unsupported override...)
+        if not type(error).__module__.startswith("ml_collections"):
+            raise
+        report(error, USAGE_EXIT)
+        raise  # unreachable: report exits
+
+
+def _no_such_field(message: str, args: Sequence[str]) -> str:
+    """``--config.a.b: the config has no field 'b' (did you mean ...)`` from ml_collections' error."""
+    names = [a.split("=", 1)[0] for a in args if a.startswith("-") and "." in a.split("=", 1)[0]]
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    for word in words:
+        for name in names:
+            if word in name.lstrip("-").split(".")[1:]:
+                hint = re.search(r'Did you mean "([^"]+)"', message)
+                tail = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+                return f"{name}: the config has no field {word!r}{tail}"
+    return f"{names[0] if names else 'a flag'}: the config has no such field ({message.strip()})"

@@ -92,24 +92,6 @@ def prepare_tool(
         main_module.__doc__ = doc
 
 
-HELP_FLAGS = frozenset(
-    {
-        "-?",
-        "-h",
-        "--h",
-        "-help",
-        "--help",
-        "-helpshort",
-        "--helpshort",
-        "-helpfull",
-        "--helpfull",
-        "-helpxml",
-        "--helpxml",
-    }
-)
-"""absl's help flags: they print and exit with status 1, which :func:`launch` makes 0."""
-
-
 def launch(
     define: Callable[[flags.FlagValues], None],
     main: Callable[[Sequence[str]], int | None],
@@ -127,13 +109,7 @@ def launch(
             logging.set_verbosity(logging.WARNING)
         return main(argv)
 
-    try:
-        run_tool(quiet_main)
-    except SystemExit as exit_:
-        args = sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
-        if exit_.code == 1 and HELP_FLAGS.intersection(args):
-            sys.exit(0)
-        raise
+    run_tool(quiet_main)  # --help exits 0 there
 
 
 def no_arguments(argv: Sequence[str]) -> None:

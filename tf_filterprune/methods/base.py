@@ -540,7 +540,10 @@ def _capture_gradient(tensor: Any, buffer: keras.Variable) -> Any:
 
         return tf.identity(value), grad
 
-    return capture(tensor)
+    # A variable (the kernel itself) is read here, outside the custom gradient: eagerly
+    # (run_eagerly=True), tf.custom_gradient refuses a function that reads variables
+    # unless its grad_fn takes them.
+    return capture(tf.convert_to_tensor(tensor))
 
 
 class WrapperRule(registry.ProducerRule):
