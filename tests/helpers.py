@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import keras
 import numpy as np
 
@@ -189,3 +191,12 @@ def fashion_mnist_present() -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def finish_processes(*procs: subprocess.Popen, timeout: float = 300) -> list:
+    """Waits for every process (in order); their ``CompletedProcess`` results."""
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done

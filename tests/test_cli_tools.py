@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
-from helpers import fashion_mnist_present
+from helpers import fashion_mnist_present, finish_processes
 from keras import layers as L
 
 import tf_filterprune as tffp
@@ -80,11 +80,7 @@ def start(tool: str, *args: object, code: str | None = None) -> subprocess.Popen
 
 def finish(*procs: subprocess.Popen) -> list[subprocess.CompletedProcess]:
     """Waits for every process; their outputs."""
-    done = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=TIMEOUT)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
+    return finish_processes(*procs, timeout=TIMEOUT)
 
 
 def ok(result: subprocess.CompletedProcess) -> str:

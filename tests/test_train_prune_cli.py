@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
-from helpers import fashion_mnist_present
+from helpers import fashion_mnist_present, finish_processes
 
 import tf_filterprune as tffp
 from tf_filterprune.cli import train_prune
@@ -48,11 +48,8 @@ def start(*args: object) -> subprocess.Popen:
 
 
 def finish(*procs: subprocess.Popen) -> list[subprocess.CompletedProcess]:
-    done = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=TIMEOUT)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
+    """Waits for every process; their outputs."""
+    return finish_processes(*procs, timeout=TIMEOUT)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
