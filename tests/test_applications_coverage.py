@@ -2,8 +2,9 @@
 
 The networks whose Functional graphs hold ``keras.ops`` nodes (MobileNetV3's
 hard-swish is ``x * relu6(x + 3) / 6`` in ops; ConvNeXt's residual joins are
-``x + y``) and per-channel layers (ConvNeXt's LayerScale) run in CI; every
-other keras.applications CNN (and keras_hub's image backbones) runs from
+``x + y``) and per-channel layers (ConvNeXt's LayerScale) run in CI, and so does
+the smallest constructor of every other family; every other keras.applications
+CNN (and keras_hub's image backbones) runs from
 ``tools/coverage.py``, or here with ``TFFP_ALL_APPLICATIONS=1``. The check is
 the tool's: ``prune_once(model, "l1", keep_ratio=0.6)`` keeps the output shape,
 removes >= 30% of the MACs and converts to TFLite.
@@ -23,6 +24,20 @@ sys.modules[_SPEC.name] = coverage_tool  # dataclasses look their module up
 _SPEC.loader.exec_module(coverage_tool)
 
 CI_MODELS = ("MobileNetV3Small", "MobileNetV3Large", "ConvNeXtTiny")
+FAMILY_MODELS = (  # the smallest constructor of every other keras.applications family
+    "DenseNet121",
+    "EfficientNetB0",
+    "EfficientNetV2B0",
+    "InceptionV3",
+    "InceptionResNetV2",
+    "MobileNet",
+    "MobileNetV2",
+    "NASNetMobile",
+    "ResNet50",
+    "ResNet50V2",
+    "VGG16",
+    "Xception",
+)
 ALL = os.environ.get("TFFP_ALL_APPLICATIONS") == "1"
 
 
@@ -33,7 +48,7 @@ def _assert_covered(row) -> None:
     assert row.tflite_bytes > 0
 
 
-@pytest.mark.parametrize("name", CI_MODELS)
+@pytest.mark.parametrize("name", CI_MODELS + FAMILY_MODELS)
 def test_application_prunes_and_converts(name, tmp_path):
     _assert_covered(
         coverage_tool.check(coverage_tool.spec_by_name(name, hub=False), tflite_dir=tmp_path)
@@ -53,7 +68,8 @@ def test_mobilenet_v3_hard_swish_ops_are_pruned():
 
 @pytest.mark.skipif(not ALL, reason="large: run tools/coverage.py (or TFFP_ALL_APPLICATIONS=1)")
 @pytest.mark.parametrize(
-    "name", [s.name for s in coverage_tool.all_specs() if s.name not in CI_MODELS]
+    "name",
+    [s.name for s in coverage_tool.all_specs() if s.name not in CI_MODELS + FAMILY_MODELS],
 )
 def test_every_model_of_the_zoos(name, tmp_path):
     _assert_covered(coverage_tool.check(coverage_tool.spec_by_name(name), tflite_dir=tmp_path))
