@@ -81,9 +81,7 @@ def training_stream(
 
         def make_epoch(epoch: int) -> tf.data.Dataset:
             shuffled = base.shuffle(len(labels), seed=epoch_seed(seed, epoch))
-            return shuffled.batch(batch_size).map(
-                lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.int32))
-            )
+            return shuffled.batch(batch_size).map(fashion_mnist._to_float)
 
         return epoch_stream(make_epoch, first_epoch, epochs, steps), steps
 

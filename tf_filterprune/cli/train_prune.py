@@ -278,7 +278,7 @@ def train(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
             verbose=verbose,
             shuffle=False,  # the stream is shuffled per epoch (train_data)
         )
-    return finish(wrapped, dense, config, workdir, data_dir)
+    return finish(wrapped, dense, config, workdir, data_dir, validation)
 
 
 def finish(
@@ -287,9 +287,10 @@ def finish(
     config: ml_collections.ConfigDict,
     workdir: Path,
     data_dir: str | None,
+    evaluation: Any,
 ) -> dict[str, Any]:
-    """Saves the wrapped and the stripped model, evaluates, writes ``result.json``."""
-    evaluation = train_data.eval_dataset(config, data_dir)
+    """Saves the wrapped and the stripped model, evaluates on ``evaluation`` (the
+    evaluation batches, :func:`train_data.eval_dataset`), writes ``result.json``."""
     check = next(iter(evaluation))[0][:16]
     notes: list[str] = []
     with warnings.catch_warnings():

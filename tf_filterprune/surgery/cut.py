@@ -221,13 +221,14 @@ def rebuild(
     wrap = wrap or {}
     plan = make_plan(graph, keep, consumer_maps, _wrapped_groups(graph, keep, wrap))
     folds = analyze_folds(graph, plan) if mode is not False else {}
+    inexact = inexact_notes(graph, keep)
     if notes is not None:
         notes.extend(fold_notes(folds, plan, mode))
-        notes.extend(inexact_notes(graph, keep))
+        notes.extend(inexact)
     deltas = {
         lid: fold.delta for lid, fold in folds.items() if fold.applies(mode) and fold.delta.any()
     }
-    _warn_inexact(graph, keep)
+    _warn_inexact(inexact)
     keep_of = graph.keep_function(dict(keep))
     cuts = plan_cuts(graph, keep)
     pairs: list[tuple[Any, Any]] = []
@@ -363,9 +364,8 @@ def inexact_notes(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> list[s
     return notes
 
 
-def _warn_inexact(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> None:
-    """Logs (absl, warning) which cut groups are not output-exact."""
-    lines = inexact_notes(graph, keep)
+def _warn_inexact(lines: list[str]) -> None:
+    """Logs (absl, warning) which cut groups are not output-exact (:func:`inexact_notes`)."""
     if lines:
         logging.warning(
             "%d cut channel group(s) pass a normalization over the channels, so the compact "

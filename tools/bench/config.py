@@ -24,7 +24,10 @@ RECORDED_SETTINGS: tuple[str, ...] = (
 ``fashion_cnn`` (so older records still match)."""
 
 
-MODELS: tuple[str, ...] = ("fashion_cnn", "resnet20")
+IMAGE_PAD: dict[str, int] = {"fashion_cnn": 0, "resnet20": 2}
+"""Zero pixels added on each side of the 28x28 images, per reference model."""
+
+MODELS: tuple[str, ...] = tuple(IMAGE_PAD)
 """The benchmark's reference models: ``tffp.models.fashion_cnn()`` on 28x28 images, and
 ``tffp.models.resnet20`` on Fashion-MNIST zero-padded to 32x32 (one channel)."""
 

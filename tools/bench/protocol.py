@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 import tf_filterprune as tffp
-from bench.config import BenchmarkConfig
+from bench.config import IMAGE_PAD, BenchmarkConfig
 from bench.timing import StepTimerMixin, ratio
 
 __all__ = [
@@ -39,25 +39,22 @@ __all__ = [
 ]
 
 
-RESNET_PAD = 2
-"""Zero pixels added on each side of the 28x28 images for ``resnet20`` (32x32 input)."""
-
-
 def reference_model(config: BenchmarkConfig) -> keras.Model:
     """A fresh, randomly initialized reference model of ``config.model``."""
     if config.model == "resnet20":
-        size = 28 + 2 * RESNET_PAD
+        size = 28 + 2 * IMAGE_PAD[config.model]
         return tffp.models.resnet20(input_shape=(size, size, 1))
     return tffp.models.fashion_cnn()
 
 
 def fashion_pipeline(config: BenchmarkConfig, split: str, batch_size: int, **kwargs):
-    """``tffp.data.fashion_mnist_dataset``, zero-padded to 32x32 for ``resnet20``."""
+    """``tffp.data.fashion_mnist_dataset``, zero-padded by ``IMAGE_PAD[config.model]``."""
     dataset = tffp.data.fashion_mnist_dataset(split, batch_size, **kwargs)
-    if config.model != "resnet20":
+    pad = IMAGE_PAD[config.model]
+    if not pad:
         return dataset
-    pad = [[0, 0], [RESNET_PAD, RESNET_PAD], [RESNET_PAD, RESNET_PAD], [0, 0]]
-    return dataset.map(lambda x, y: (tf.pad(x, pad), y))
+    paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    return dataset.map(lambda x, y: (tf.pad(x, paddings), y))
 
 
 @dataclass

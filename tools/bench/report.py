@@ -10,7 +10,7 @@ from typing import Any
 
 import tf_filterprune as tffp
 from bench import records, rows
-from bench.config import BenchmarkConfig
+from bench.config import IMAGE_PAD, BenchmarkConfig
 from bench.protocol import reference_model
 from bench.timing import ratio
 
@@ -162,7 +162,8 @@ def settings_text(config: BenchmarkConfig) -> str:
     whole = f", {', '.join(kept)} kept whole" if kept else ""
     limits = f", train_limit={config.train_limit}" if config.train_limit else ""
     limits += f", test_limit={config.test_limit}" if config.test_limit else ""
-    images = " padded to 32x32" if config.model == "resnet20" else ""
+    size = 28 + 2 * IMAGE_PAD[config.model]
+    images = f" padded to {size}x{size}" if size != 28 else ""
     return (
         f"Fashion-MNIST{images}, `{config.model}`, {config.macs_reduction:.0%} fewer MACs "
         f"(round_to={config.round_to}{whole}), {config.epochs} epochs per row "
