@@ -499,3 +499,27 @@ def test_unknown_spatial_size_still_folds():
     x = [np.random.default_rng(0).normal(size=(2, 9, 7, 3)).astype("float32")]
     assert notes == []
     np.testing.assert_allclose(predict(compact, x), predict(reference, x), atol=1e-5, rtol=0)
+
+
+def test_rebuild_keeps_the_initializers_in_the_compact_config():
+    # The twins are built with zero initializers (their weights are copied), then
+    # given back the originals': the compact model's config is the original's.
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, kernel_initializer="he_normal", bias_initializer="ones", name="c")(inp)
+    x = L.BatchNormalization(gamma_initializer="ones", name="bn")(x)
+    model = keras.Model(inp, L.Conv2D(2, 1, name="head")(x))
+    graph = build_graph(model)
+    compact = rebuild(model, graph, {graph.group_of_layer("c").id: np.array([0, 2, 4])})
+    for name in ("c", "bn", "head"):
+        original, cut = model.get_layer(name).get_config(), compact.get_layer(name).get_config()
+        for key in original:
+            if key.endswith("_initializer"):
+                assert cut[key] == original[key], (name, key)
+    assert compact.get_layer("c").filters == 3
+
+
+def test_non_finite_channels_are_not_known_constants():
+    from tf_filterprune.surgery.constants import _equal_channels
+
+    out = np.array([[[1.0, np.inf, 2.0, np.nan]], [[1.0, np.inf, 3.0, np.nan]]], np.float32)
+    assert _equal_channels(out).tolist() == [True, False, False, False]

@@ -178,6 +178,8 @@ class _Walker:
         self.rng = np.random.default_rng(seed)
         self.folds: dict[int, ConsumerFold] = {}
         self.twins: dict[int, Any] = {}
+        self.pool: np.ndarray | None = None  # see _noise
+        self.zero_outputs: dict[int, np.ndarray] = {}
 
     def run(self) -> dict[int, ConsumerFold]:
         model = self.graph.model
@@ -228,11 +230,11 @@ class _Walker:
         out_idx = indices_of(call.out_layouts[0], self.plan.folded_of)
         if probe.value is None or (out_idx.size == 0 and _defined(tensor)):
             return self._unknown(tensor, ())
-        try:
-            zeros = np.zeros_like(probe.value)
-            out = np.asarray(keras.ops.convert_to_numpy(layer(zeros, training=False)))
+        try:  # both probes are zeros: one is computed, the other is the same
+            one = self._at_zero(layer, probe.value[:1])
         except Exception:  # noqa: BLE001
             return self._unknown(tensor, (call.path,))
+        out = np.broadcast_to(one, (2, *one.shape[1:]))
         known = np.zeros(out.shape[-1], dtype=bool)
         known[out_idx] = True
         return Probe(out, known)
@@ -270,15 +272,24 @@ class _Walker:
             return fold
         x = np.zeros_like(probe.value[:1])
         x[..., foldable] = probe.value[:1][..., foldable]
-        share = np.asarray(
-            keras.ops.convert_to_numpy(self._linear_twin(layer, x.shape)(x)), dtype=np.float64
-        )
+        if _affine(layer):  # layer(x) - layer(0): its kernel's part, no twin to build
+            share = _numpy(layer(x, training=False)) - self._at_zero(layer, x)
+        else:
+            share = _numpy(self._linear_twin(layer, x.shape)(x))
         centre = share[(0, *(d // 2 for d in share.shape[1:-1]))]
         spread = float(np.max(np.abs(share - centre))) if share.size else 0.0
         fold.delta = centre
         fold.exact = spread <= 1e-6 + _EXACT_RTOL * float(np.max(np.abs(share)))
         fold.largest = float(np.max(np.abs(x[..., foldable])))
         return fold
+
+    def _at_zero(self, layer: Any, like: np.ndarray) -> np.ndarray:
+        """``layer``'s output (one example) for a zero input shaped as ``like``; cached."""
+        if id(layer) not in self.zero_outputs:
+            zeros = np.zeros_like(like[:1])
+            out = keras.ops.convert_to_numpy(layer(zeros, training=False))
+            self.zero_outputs[id(layer)] = np.asarray(out)
+        return self.zero_outputs[id(layer)]
 
     def _linear_twin(self, layer: Any, input_shape: tuple) -> Any:
         """A float32 copy of ``layer`` without bias and activation (its kernel only)."""
@@ -292,6 +303,9 @@ class _Walker:
                 dtype="float32",
                 name=f"{layer.name}_fold",
             )
+            for key in config:
+                if key.endswith("_initializer"):
+                    config[key] = "zeros"  # its weights are set below: no random draws
             twin = layer_from_config(layer, config)
             twin.build(input_shape)
             weights = {name: value for name, value, _ in registry.weights_with_axes(layer)}
@@ -315,14 +329,38 @@ class _Walker:
 
     def _garbage(self, probe: Probe) -> np.ndarray:
         """The probe values, unknown channels replaced by large garbage of opposite signs."""
-        value = probe.value.copy()
+        value = probe.value
         if value.ndim < 2 or not np.issubdtype(value.dtype, np.floating):
-            return value
+            return value.copy()
         unknown = ~probe.known
-        shape = value[0, ..., unknown].shape
-        value[0, ..., unknown] = self.rng.uniform(50.0, 150.0, shape)
-        value[1, ..., unknown] = -self.rng.uniform(80.0, 240.0, shape)
-        return value
+        if not unknown.any():
+            return value.copy()
+        return np.where(unknown, self._noise(value.shape).astype(value.dtype, copy=False), value)
+
+    def _noise(self, shape: tuple) -> np.ndarray:
+        """Garbage of ``shape`` (2, ...): in [50, 150) for probe A, (-240, -80] for probe B.
+
+        Drawn once into a pool (the largest tensor's size) and read from a random
+        offset at each call: fast, and two tensors never get the same garbage.
+        """
+        size = int(np.prod(shape[1:]))
+        if self.pool is None or self.pool.shape[1] < 2 * size:
+            length = max(2 * size, 1 << 16)
+            noise = self.rng.random((2, length), dtype=np.float32)
+            self.pool = np.stack([50.0 + 100.0 * noise[0], -(80.0 + 160.0 * noise[1])])
+        start = int(self.rng.integers(0, self.pool.shape[1] - size + 1))
+        return self.pool[:, start : start + size].reshape(shape)
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float64)
+
+
+def _affine(layer: Any) -> bool:
+    """True for a float32 consumer without activation: its output is kernel part + bias."""
+    activation = getattr(layer, "activation", None)
+    linear = activation is None or activation is keras.activations.linear
+    return linear and layer.compute_dtype == "float32"
 
 
 def _defined(tensor: Any) -> bool:
@@ -334,10 +372,11 @@ def _equal_channels(out: np.ndarray) -> np.ndarray:
     """Channels (last axis) equal and finite in both probes."""
     if out.ndim < 2 or out.shape[0] != 2:
         return np.zeros(out.shape[-1] if out.ndim else 0, dtype=bool)
-    a = out[0].reshape(-1, out.shape[-1]).astype(np.float64)
-    b = out[1].reshape(-1, out.shape[-1]).astype(np.float64)
+    if not np.issubdtype(out.dtype, np.floating):
+        return (out[0] == out[1]).reshape(-1, out.shape[-1]).all(axis=0)
+    a, b = out[0].reshape(-1, out.shape[-1]), out[1].reshape(-1, out.shape[-1])
     finite = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         close = (np.abs(a - b) <= 1e-6 * (1.0 + np.abs(a))).all(axis=0)
     return finite & close
 

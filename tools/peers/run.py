@@ -37,10 +37,19 @@ class SideError(RuntimeError):
     """A side's subprocess failed; the message has the end of its output."""
 
 
+# Runs ``module`` as ``__main__`` with ``tools/`` appended to ``sys.path``, not put first
+# (as ``PYTHONPATH`` or ``-m`` would): the scripts there (``tools/profile.py``) must not
+# shadow the standard library's modules of the same name (torch imports ``cProfile``).
+_LAUNCH = (
+    "import runpy, sys; sys.path.append(sys.argv[1]); module = sys.argv[2]; "
+    "del sys.argv[1:3]; runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
 def call_side(
     python: str, module: str, command: str, request: dict[str, Any], work_dir: Path, log=None
 ) -> dict[str, Any]:
-    """Runs ``python -m module command`` with ``request``; returns its JSON response.
+    """Runs ``module command`` in ``python`` with ``request``; returns its JSON response.
 
     The subprocess's output goes to ``log`` (a file object) or this process's stdout.
     """
@@ -50,9 +59,9 @@ def call_side(
     response_path = request_path.replace(".json", ".out.json")
     Path(request_path).write_text(json.dumps(request))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TOOLS), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command_line = [python, "-m", module, command, "--request", request_path]
+    command_line = [python, "-c", _LAUNCH, str(TOOLS), module, command, "--request", request_path]
     command_line += ["--response", response_path]
     started = time.time()
     out = log or sys.stdout
