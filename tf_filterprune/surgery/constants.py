@@ -293,7 +293,10 @@ class _Walker:
 
     def _linear_twin(self, layer: Any, input_shape: tuple) -> Any:
         """A float32 copy of ``layer`` without bias and activation (its kernel only)."""
-        from tf_filterprune.surgery.cut import layer_from_config  # cut imports this module
+        from tf_filterprune.surgery.cut import (
+            layer_from_config,
+            zero_initializers,
+        )  # cut imports this
 
         if id(layer) not in self.twins:
             config = dict(
@@ -303,10 +306,8 @@ class _Walker:
                 dtype="float32",
                 name=f"{layer.name}_fold",
             )
-            for key in config:
-                if key.endswith("_initializer"):
-                    config[key] = "zeros"  # its weights are set below: no random draws
             twin = layer_from_config(layer, config)
+            zero_initializers(twin)  # its weights are set below: no random draws
             twin.build(input_shape)
             weights = {name: value for name, value, _ in registry.weights_with_axes(layer)}
             twin.set_weights([weights[v.name] for v in twin.weights])

@@ -243,7 +243,7 @@ def rebuild(
             layer, config if id(layer) in wrap else _cut_config(layer, config, graph, keep_of)
         )
         if layer.weights:  # its weights are all set below: build without random draws
-            initializers[id(inner)] = (inner, _zero_initializers(inner))
+            initializers[id(inner)] = (inner, zero_initializers(inner))
         twin = wrap[id(layer)](inner) if id(layer) in wrap else inner
         pairs.append((layer, twin))
         originals[id(twin)] = layer
@@ -289,7 +289,7 @@ def rebuild(
     return compact
 
 
-def _zero_initializers(layer: keras.Layer) -> dict[str, Any]:
+def zero_initializers(layer: keras.Layer) -> dict[str, Any]:
     """Sets ``layer``'s initializer attributes to zeros; returns the originals.
 
     A twin whose every weight is copied from the original need not draw random
