@@ -169,3 +169,14 @@ def test_multi_input_by_name():
     )
     with pytest.raises(ValueError, match="dict keyed by input name"):
         export.predict_tflite(flat, [xa, xb])
+
+
+def test_paired_ratio_cancels_slow_rounds_and_checks_lengths():
+    from tf_filterprune.export import LatencyResult, paired_ratio
+
+    # round 2 is 10x slower for both models: the per-round ratio stays 0.5
+    fast = LatencyResult.from_samples([1, 1, 10, 10, 1, 1], num_threads=1)
+    slow = LatencyResult.from_samples([2, 2, 20, 20, 2, 2], num_threads=1)
+    assert paired_ratio(fast, slow, runs_per_round=2) == 0.5
+    with pytest.raises(ValueError, match="runs_per_round=4"):
+        paired_ratio(fast, slow, runs_per_round=4)

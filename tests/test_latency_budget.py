@@ -41,6 +41,16 @@ class FakeTimer:
         return {p.name: fake_ms(p.model) for p in probes}
 
 
+def timed_by_measure_probes(model, reference, num_threads=1):
+    """Stands in for ``latency.timed_ratio``: asks the (patched) ``measure_probes``."""
+    probes = [
+        latency.Probe("model/full", "model", reference),
+        latency.Probe("model/compact", "model", model),
+    ]
+    ms = latency.measure_probes(probes, num_threads)
+    return ms["model/compact"] / ms["model/full"]
+
+
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory):
     """One cache for the module's tests (each test's own model measured once)."""
@@ -51,6 +61,7 @@ def shared_cache(tmp_path_factory):
 def timer(monkeypatch, shared_cache):
     fake = FakeTimer()
     monkeypatch.setattr(latency, "measure_probes", fake)
+    monkeypatch.setattr(latency, "timed_ratio", timed_by_measure_probes)
     monkeypatch.setenv(latency.CACHE_ENV, str(shared_cache))
     return fake
 
